@@ -1,0 +1,46 @@
+"""bgekit: the companion package of the BGE embedding course.
+
+>>> import bgekit
+>>> cfg = bgekit.setup()                        # doctest: +SKIP  (prints mode, device, versions)
+>>> enc = bgekit.Encoder(cfg.embedder)          # doctest: +SKIP
+>>> vecs = enc.encode_corpus(["Water when the top inch of soil is dry."])  # doctest: +SKIP
+
+Public names are imported lazily, so ``import bgekit`` is fast and a module's heavy dependencies
+(torch, faiss, openai) load only when used.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # config
+    "setup": "config", "CourseConfig": "config", "get_mode": "config", "seed_everything": "config",
+    # models and encoder
+    "ModelSpec": "models", "get_spec": "models", "resolve_model": "models", "offline_model_path": "models",
+    "ModelLoadError": "models",
+    "Encoder": "encoder",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'bgekit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .config import CourseConfig, get_mode, seed_everything, setup
+    from .encoder import Encoder
+    from .models import ModelLoadError, ModelSpec, get_spec, offline_model_path, resolve_model

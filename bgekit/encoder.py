@@ -1,0 +1,230 @@
+"""Turn text into BGE embeddings exactly as BAAI specifies, fast.
+
+>>> from bgekit import Encoder
+>>> enc = Encoder("BAAI/bge-large-en-v1.5")            # doctest: +SKIP
+>>> q = enc.encode_queries(["how do I stop fungus gnats?"])   # adds the query instruction
+>>> p = enc.encode_corpus([{"title": "Fungus gnats", "text": "Let the top of the mix dry out..."}])
+>>> (q @ p.T).shape
+(1, 1)
+
+How it batches: every text is tokenised once, texts are sorted by token length so each batch is
+padded only to its own longest text, and results come back in input order. On CUDA the weights run
+in fp16 (or bf16), on CPU in fp32; pooled vectors are normalised in fp32 and returned as float32 numpy.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import models
+from .config import default_device, default_embedder
+
+logger = logging.getLogger(__name__)
+
+#: show a progress bar when encoding at least this many texts (unless told otherwise)
+PROGRESS_MIN_TEXTS = 256
+
+_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+
+
+def _check_texts(texts: Any, what: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a list of strings; wrap a single string in a list")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected str"
+                            + (" (None is not text: drop or replace it)" if t is None else ""))
+    return texts
+
+
+def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """CLS pooling (first token) or mean pooling over real (unmasked) tokens."""
+    if pooling == "cls":
+        return last_hidden[:, 0]
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+        return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    raise ValueError(f"Unknown pooling {pooling!r}: use 'cls' or 'mean'")
+
+
+class Encoder:
+    """A bi-encoder: one vector per text.
+
+    Args:
+        model_name_or_path: hub id, registry name or local folder. ``None`` takes the mode's default
+            (``BAAI/bge-large-en-v1.5`` in full mode, the bundled all-MiniLM-L6-v2 in small mode).
+        device: ``"cuda"``, ``"mps"``, ``"cpu"``; ``None`` picks the best available.
+        pooling: ``"cls"`` or ``"mean"``; ``None`` takes it from the registry / the folder's metadata.
+        normalize: L2-normalise the vectors (then inner product = cosine).
+        max_length: token budget per text; longer texts are truncated (one warning per call).
+        query_instruction: prefix for :meth:`encode_queries`; ``None`` takes the registry's, ``""`` none.
+        dtype: ``"fp16"``/``"bf16"``/``"fp32"``; ``None``: fp16 on CUDA, fp32 elsewhere.
+        batch_size: texts per forward pass (halved automatically on CUDA out-of-memory).
+    """
+
+    def __init__(self, model_name_or_path: str | os.PathLike | None = None, *, device: str | None = None,
+                 pooling: str | None = None, normalize: bool | None = None, max_length: int | None = None,
+                 query_instruction: str | None = None, dtype: str | torch.dtype | None = None,
+                 batch_size: int = 64, show_progress: bool | None = None, mode: str | None = None) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        name = str(model_name_or_path) if model_name_or_path is not None else default_embedder(mode)
+        spec = models.get_spec(name)
+        overrides = {k: v for k, v in dict(pooling=pooling, normalize=normalize, max_length=max_length,
+                                             query_instruction=query_instruction).items() if v is not None}
+        if overrides:
+            from dataclasses import replace
+            spec = replace(spec, **overrides)
+        if spec.pooling not in ("cls", "mean"):
+            raise ValueError(f"Unknown pooling {spec.pooling!r}: use 'cls' or 'mean'")
+        self.spec = spec
+        self.name = name
+        self.device = torch.device(device or default_device())
+        if dtype is None:
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        elif isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}")
+            dtype = _DTYPES[dtype]
+        self.dtype = dtype
+        self.batch_size = int(batch_size)
+        self.show_progress = show_progress
+        path = models.resolve_model(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=False, dtype=dtype)
+        except Exception as e:  # network, missing files, wrong repo id
+            raise models.load_error(name, e) from e
+        self.model.to(self.device).eval()
+        self.dim = int(self.model.config.hidden_size)
+        model_max = getattr(self.model.config, "max_position_embeddings", 512) or 512
+        self.max_length = min(int(spec.max_length), int(model_max))
+        logger.info("Encoder %s on %s (%s): %s pooling, normalize=%s, max_length=%d, query instruction %r",
+                    os.path.basename(name.rstrip("/")) if os.path.isdir(name) else name, self.device,
+                    str(dtype).replace("torch.", ""), spec.pooling, spec.normalize, self.max_length,
+                    spec.query_instruction)
+
+    # convenient read-only views of the spec
+    @property
+    def pooling(self) -> str:
+        return self.spec.pooling
+
+    @property
+    def normalize(self) -> bool:
+        return self.spec.normalize
+
+    @property
+    def query_instruction(self) -> str:
+        return self.spec.query_instruction
+
+    def __repr__(self) -> str:
+        return (f"Encoder({self.name!r}, device={str(self.device)!r}, pooling={self.pooling!r}, "
+                f"dim={self.dim}, max_length={self.max_length})")
+
+    # -- tokenisation -------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[dict[str, list[int]]], int]:
+        """Tokenise once; return per-text features (unpadded) and how many texts were truncated."""
+        tok = self.tokenizer
+        # one token over budget tells which texts are too long, without tokenising all of a long text
+        enc = tok(texts, truncation=True, max_length=max_length + 1, padding=False)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        long_rows = [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > max_length]
+        feats = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+        if long_rows:
+            redo = tok([texts[i] for i in long_rows], truncation=True, max_length=max_length, padding=False)
+            for j, i in enumerate(long_rows):
+                feats[i] = {k: redo[k][j] for k in keys}
+        return feats, len(long_rows)
+
+    # -- encoding -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(**batch, return_dict=True)
+        emb = pool(out.last_hidden_state, batch["attention_mask"], self.pooling).float()
+        return emb
+
+    def encode(self, texts: Sequence[str], *, batch_size: int | None = None, max_length: int | None = None,
+               normalize: bool | None = None, show_progress: bool | None = None,
+               convert_to_numpy: bool = True) -> np.ndarray:
+        """Embed ``texts`` as they are (no instruction). Returns float32 ``(len(texts), dim)``.
+
+        >>> Encoder().encode(["a cat", "a dog"]).shape  # doctest: +SKIP
+        (2, 384)
+        """
+        texts = _check_texts(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        max_length = int(max_length or self.max_length)
+        normalize = self.normalize if normalize is None else normalize
+        bs = int(batch_size or self.batch_size)
+        if bs < 1:
+            raise ValueError(f"batch_size must be >= 1, got {bs}")
+        feats, n_trunc = self._tokenize(texts, max_length)
+        if n_trunc:
+            logger.warning("%d of %d texts were longer than %d tokens and were truncated", n_trunc, len(texts),
+                           max_length)
+        order = np.argsort([-len(f["input_ids"]) for f in feats], kind="stable")  # longest first: OOM shows early
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        show = show_progress if show_progress is not None else (
+            self.show_progress if self.show_progress is not None else len(texts) >= PROGRESS_MIN_TEXTS)
+        bar = tqdm(total=len(texts), desc="encode", unit="text", disable=not show, leave=False)
+        start = 0
+        while start < len(texts):
+            idx = order[start:start + bs]
+            batch = self.tokenizer.pad([feats[i] for i in idx], padding=True, return_tensors="pt")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            try:
+                emb = self._forward(batch)
+            except torch.cuda.OutOfMemoryError:
+                if bs == 1:
+                    raise
+                torch.cuda.empty_cache()
+                bs = max(1, bs // 2)
+                logger.warning("CUDA out of memory: retrying with batch_size=%d", bs)
+                continue
+            if normalize:
+                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+            out[idx] = emb.cpu().numpy()
+            start += len(idx)
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    def encode_queries(self, queries: Sequence[str], *, instruction: str | None = None, **kw: Any) -> np.ndarray:
+        """Embed search queries, prefixed with the model's query instruction.
+
+        ``instruction=None`` uses the registry's (BGE: ``"Represent this sentence for searching relevant
+        passages: "``); ``instruction=""`` encodes the queries as they are.
+        """
+        queries = _check_texts(queries, "queries")
+        prefix = self.query_instruction if instruction is None else instruction
+        return self.encode([prefix + q for q in queries] if prefix else queries, **kw)
+
+    def encode_corpus(self, docs: Sequence[str | dict], **kw: Any) -> np.ndarray:
+        """Embed passages (never with an instruction). A doc is a string or ``{"title", "text"}``,
+        joined as ``title + " " + text``."""
+        if isinstance(docs, (str, dict)):
+            raise TypeError("docs must be a list of strings or {'title', 'text'} records")
+        texts = []
+        for i, d in enumerate(docs):
+            if isinstance(d, dict):
+                if not isinstance(d.get("text"), str):
+                    raise TypeError(f"docs[{i}] has no string 'text' field")
+                title = d.get("title") or ""
+                if not isinstance(title, str):
+                    raise TypeError(f"docs[{i}]['title'] is {type(title).__name__}, expected str")
+                texts.append((title + " " + d["text"]).strip())
+            elif isinstance(d, str):
+                texts.append(d)
+            else:
+                raise TypeError(f"docs[{i}] is {type(d).__name__}, expected str or dict with 'text'")
+        return self.encode(texts, **kw)
