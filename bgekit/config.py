@@ -132,6 +132,7 @@ def setup(mode: str | None = None, seed: int = 0, verbose: bool = True) -> Cours
     wd = work_dir()
     wd.mkdir(parents=True, exist_ok=True)
     cfg = CourseConfig(m, device, embedder, reranker, course_data_dir(), wd, seed)
+    _quiet_third_party()
     if verbose:
         _show_package_logs()
         gpu = f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else ""
@@ -144,6 +145,14 @@ def setup(mode: str | None = None, seed: int = 0, verbose: bool = True) -> Cours
         if m == "small" and device == "cuda":
             print(f"note: a GPU is present; set {MODE_ENV}=full to use the real BGE models.")
     return cfg
+
+
+def _quiet_third_party() -> None:
+    """Hide transformers' per-load progress bars and advisory warnings: notebooks show bgekit's own lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _show_package_logs() -> None:

@@ -109,7 +109,7 @@ class Encoder:
         model_max = getattr(self.model.config, "max_position_embeddings", 512) or 512
         self.max_length = min(int(spec.max_length), int(model_max))
         logger.info("Encoder %s on %s (%s): %s pooling, normalize=%s, max_length=%d, query instruction %r",
-                    os.path.basename(name.rstrip("/")) if os.path.isdir(name) else name, self.device,
+                    models.display_name(name), self.device,
                     str(dtype).replace("torch.", ""), spec.pooling, spec.normalize, self.max_length,
                     spec.query_instruction)
 

@@ -173,6 +173,19 @@ def get_spec(name_or_path: str | os.PathLike) -> ModelSpec:
     return ModelSpec(name=s, pooling="cls", known=False)
 
 
+def display_name(name_or_path: str | os.PathLike) -> str:
+    """A short name for logs: the bundled model's hub name, or the folder's last part, or the hub id."""
+    s = str(name_or_path)
+    if os.path.isdir(s):
+        try:
+            if Path(s).resolve() == offline_model_path().resolve():
+                return f"{OFFLINE_EMBEDDER} (bundled)"
+        except ModelLoadError:
+            pass
+        return Path(s).resolve().name
+    return s
+
+
 def save_model_metadata(output_dir: str | os.PathLike, spec: ModelSpec, dim: int | None = None) -> None:
     """Record pooling and instruction in a saved model folder, for bgekit and for sentence-transformers.
 

@@ -1,0 +1,124 @@
+"""Encoding throughput: bgekit.Encoder vs sentence-transformers (and FlagEmbedding's FlagModel if installed).
+
+Same model, same texts, one process, alternating runs; prints docs/s for each, the ratio, and the largest
+difference between the embeddings.
+
+    python bench/encode.py                      # bundled all-MiniLM-L6-v2 on CPU, 2,000 mixed-length texts
+    python bench/encode.py --rounds 5 --batch-size 64
+    python bench/encode.py --gpu-bert-large     # on a CUDA machine: BERT-large shape (bge-large), fp16, 256 tokens
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+WORDS = ("water soil leaf root light pot drain mist fern cactus orchid repot fertiliser pest mite gnat spray prune "
+         "cutting node stem humidity window winter summer bright shade yellow brown crisp droop wilt rot mould "
+         "compost bark perlite grow lamp season bloom flower bud seed tray warm cold draught the a of and to in "
+         "is it my when why how should does keep").split()
+
+
+def make_texts(n: int, seed: int = 0, lo: int = 5, hi: int = 250) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) + "." for _ in range(n)]
+
+
+def timed(fn) -> tuple[float, np.ndarray]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, out
+
+
+def bert_large_folder(pooling: str = "cls") -> str:
+    from transformers import BertConfig, BertModel
+
+    from bgekit.models import ModelSpec, offline_model_path, save_model_metadata
+    from transformers import AutoTokenizer
+
+    cfg = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                     max_position_embeddings=512, vocab_size=30522)
+    torch.manual_seed(0)
+    folder = tempfile.mkdtemp(prefix="bert-large-random-")
+    BertModel(cfg).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(offline_model_path()).save_pretrained(folder)
+    save_model_metadata(folder, ModelSpec("bert-large-random", pooling=pooling, dim=1024, max_length=512))
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model folder or hub id (default: the bundled all-MiniLM-L6-v2)")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--gpu-bert-large", action="store_true",
+                    help="randomly initialised BERT-large-shaped model in fp16, texts of about 256 tokens")
+    args = ap.parse_args()
+
+    from sentence_transformers import SentenceTransformer
+
+    from bgekit import Encoder
+    from bgekit.models import offline_model_path
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.gpu_bert_large:
+        model = bert_large_folder()
+        texts = make_texts(args.n, lo=200, hi=200)  # ~256 word pieces each
+        half = True
+    else:
+        model = args.model or str(offline_model_path())
+        texts = make_texts(args.n)
+        half = False
+    torch.set_grad_enabled(False)
+    ours = Encoder(model, device=device, dtype="fp16" if half else None, batch_size=args.batch_size)
+    st = SentenceTransformer(model, device=device)
+    st.max_seq_length = ours.max_length
+    if half:
+        st.half()
+    runners = {
+        "bgekit": lambda: ours.encode(texts, batch_size=args.batch_size, show_progress=False),
+        "sentence-transformers": lambda: st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True,
+                                                   normalize_embeddings=ours.normalize, show_progress_bar=False),
+    }
+    try:
+        from FlagEmbedding import FlagModel  # optional: only if it installs on this machine
+
+        fm = FlagModel(model, use_fp16=half, devices=[device], pooling_method=ours.pooling,
+                       normalize_embeddings=ours.normalize)
+        runners["FlagEmbedding"] = lambda: fm.encode(texts, batch_size=args.batch_size, max_length=ours.max_length,
+                                                     convert_to_numpy=True)
+    except Exception as e:  # noqa: BLE001 - report and go on
+        print(f"FlagEmbedding skipped: {type(e).__name__}: {str(e)[:80]}")
+
+    ours.encode(texts[:64], batch_size=args.batch_size)
+    st.encode(texts[:64], batch_size=args.batch_size)  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    outs: dict[str, np.ndarray] = {}
+    for r in range(args.rounds):
+        for name, fn in (runners.items() if r % 2 == 0 else reversed(runners.items())):
+            dt, out = timed(fn)
+            times[name].append(dt)
+            outs[name] = np.asarray(out, dtype=np.float32)
+    print(f"model: {model} | device: {device} | fp16: {half} | texts: {len(texts)} | batch: {args.batch_size} | "
+          f"rounds: {args.rounds} | torch threads: {torch.get_num_threads()}")
+    base = statistics.median(times["sentence-transformers"])
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        diff = float(np.abs(outs[name] - outs["bgekit"]).max())
+        print(f"{name:<22} {len(texts) / med:9.1f} docs/s  (median {med:.2f}s)  "
+              f"ratio vs sentence-transformers {base / med:5.2f}x  max|diff| vs bgekit {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
