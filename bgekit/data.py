@@ -1,0 +1,324 @@
+"""Loading retrieval data: BEIR-format folders and FlagEmbedding training JSONL.
+
+A BEIR folder (the course's ``data/`` or any dataset from the BEIR collection) holds::
+
+    corpus.jsonl        {"_id": "d1", "title": "...", "text": "..."}   one passage per line
+    queries.jsonl       {"_id": "q1", "text": "..."}                   one query per line
+    qrels/test.tsv      query-id <TAB> corpus-id <TAB> score           a header line, then judgements
+    qrels/train.tsv     (any split name works: qrels/{split}.tsv)
+
+Every malformed line raises ``ValueError("path:line: what is wrong")``.
+
+Example::
+
+    >>> from bgekit.data import load_beir, course_data_dir, doc_text
+    >>> data = load_beir(course_data_dir(), split="test")          # doctest: +SKIP
+    >>> corpus, queries, qrels = data                              # doctest: +SKIP
+    >>> texts = [doc_text(d) for d in corpus.values()]             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bgekit._io import atomic_write_text, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BeirData",
+    "course_data_dir",
+    "doc_text",
+    "load_beir",
+    "load_training_jsonl",
+    "save_beir",
+    "write_jsonl",
+    "write_training_jsonl",
+]
+
+QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+@dataclass
+class BeirData:
+    """A BEIR split: ``corpus`` {doc_id: {"title", "text"}}, ``queries`` {qid: text}, ``qrels`` {qid: {doc_id: rel}}.
+
+    Unpacks like a tuple: ``corpus, queries, qrels = load_beir(path)``.
+    """
+
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    split: str = "test"
+    path: Path | None = field(default=None, repr=False)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.corpus, self.queries, self.qrels))
+
+    def __repr__(self) -> str:
+        n_judged = sum(len(v) for v in self.qrels.values())
+        return (
+            f"BeirData(split={self.split!r}, corpus={len(self.corpus)} docs, "
+            f"queries={len(self.queries)}, qrels={n_judged} judgements)"
+        )
+
+
+def _as_id(value: Any, where: str, key: str = "_id") -> str:
+    # BEIR ids are strings; a few datasets write numbers. qrels ids are read as text, so use str.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+    s = str(value)
+    if not s.strip():
+        raise ValueError(f"{where}: '{key}' is empty")
+    return s
+
+
+def _text_field(obj: Mapping[str, Any], key: str, where: str, required: bool) -> str:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise ValueError(f"{where}: missing key '{key}'")
+        return ""
+    val = obj[key]
+    if not isinstance(val, str):
+        raise ValueError(f"{where}: '{key}' must be a string, got {type(val).__name__}")
+    return val
+
+
+def _read_corpus(path: Path) -> dict[str, dict[str, str]]:
+    corpus: dict[str, dict[str, str]] = {}
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        if "_id" not in obj:
+            raise ValueError(f"{where}: missing key '_id'")
+        did = _as_id(obj["_id"], where)
+        if did in corpus:
+            raise ValueError(f"{where}: duplicate document id {did!r}")
+        corpus[did] = {
+            "title": _text_field(obj, "title", where, required=False),
+            "text": _text_field(obj, "text", where, required=True),
+        }
+    return corpus
+
+
+def _read_queries(path: Path) -> dict[str, str]:
+    queries: dict[str, str] = {}
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        if "_id" not in obj:
+            raise ValueError(f"{where}: missing key '_id'")
+        qid = _as_id(obj["_id"], where)
+        if qid in queries:
+            raise ValueError(f"{where}: duplicate query id {qid!r}")
+        queries[qid] = _text_field(obj, "text", where, required=True)
+    return queries
+
+
+def _read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[tuple[str, str], int]]:
+    """Returns qrels and the line number of each judgement (for later error messages)."""
+    qrels: dict[str, dict[str, int]] = {}
+    lines: dict[tuple[str, str], int] = {}
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if len(cols) != 3:
+                raise ValueError(
+                    f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), "
+                    f"got {len(cols)}: {line[:80]!r}"
+                )
+            cols = [c.strip() for c in cols]
+            if tuple(c.lower() for c in cols) == QRELS_HEADER:
+                if lines or qrels:
+                    raise ValueError(f"{path}:{lineno}: header line in the middle of the file")
+                continue
+            qid, did, score_s = cols
+            if not qid or not did:
+                raise ValueError(f"{path}:{lineno}: empty query-id or corpus-id")
+            try:
+                score = int(score_s)
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: score must be an integer, got {score_s!r}") from None
+            if (qid, did) in lines:
+                raise ValueError(
+                    f"{path}:{lineno}: duplicate judgement for query {qid!r} and document {did!r} "
+                    f"(first on line {lines[qid, did]})"
+                )
+            lines[qid, did] = lineno
+            qrels.setdefault(qid, {})[did] = score
+    return qrels, lines
+
+
+def available_splits(data_dir: str | os.PathLike) -> list[str]:
+    """Names of the splits with a ``qrels/{split}.tsv`` file, sorted."""
+    qdir = Path(data_dir) / "qrels"
+    return sorted(p.stem for p in qdir.glob("*.tsv")) if qdir.is_dir() else []
+
+
+def load_beir(data_dir: str | os.PathLike, split: str = "test", strict: bool = True) -> BeirData:
+    """Load a BEIR-format folder: corpus, the queries judged in ``split`` and their qrels.
+
+    Only queries that appear in ``qrels/{split}.tsv`` are returned. A judgement that names a
+    query or document missing from ``queries.jsonl``/``corpus.jsonl`` is an error; with
+    ``strict=False`` it is dropped with a warning instead (some published datasets have a few).
+
+    >>> corpus, queries, qrels = load_beir("data", split="test")   # doctest: +SKIP
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"BEIR folder not found: {root}")
+    corpus_path, queries_path = root / "corpus.jsonl", root / "queries.jsonl"
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    for p in (corpus_path, queries_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+    if not qrels_path.is_file():
+        raise FileNotFoundError(
+            f"{qrels_path} not found: no split {split!r} in {root} (available: {available_splits(root) or 'none'})"
+        )
+
+    corpus = _read_corpus(corpus_path)
+    all_queries = _read_queries(queries_path)
+    qrels, lines = _read_qrels(qrels_path)
+
+    problems = []
+    for (qid, did), lineno in lines.items():
+        if qid not in all_queries:
+            problems.append(f"{qrels_path}:{lineno}: query-id {qid!r} is not in {queries_path.name}")
+        if did not in corpus:
+            problems.append(f"{qrels_path}:{lineno}: corpus-id {did!r} is not in {corpus_path.name}")
+    if problems:
+        if strict:
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            raise ValueError("; ".join(problems[:5]) + more + "; pass strict=False to drop such judgements")
+        logger.warning("%s: dropping %d judgement(s) that point to unknown ids, e.g. %s", qrels_path, len(problems), problems[0])
+        qrels = {
+            qid: {did: rel for did, rel in judged.items() if did in corpus}
+            for qid, judged in qrels.items()
+            if qid in all_queries
+        }
+        qrels = {qid: judged for qid, judged in qrels.items() if judged}
+
+    queries = {qid: all_queries[qid] for qid in qrels}
+    logger.info("loaded %s split %r: %d docs, %d queries", root, split, len(corpus), len(queries))
+    return BeirData(corpus=corpus, queries=queries, qrels=qrels, split=split, path=root)
+
+
+def save_beir(
+    data_dir: str | os.PathLike,
+    corpus: Mapping[str, Mapping[str, str] | str],
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, Mapping[str, int]]],
+) -> Path:
+    """Write a BEIR folder (each file atomically). ``qrels`` maps split name -> {qid: {doc_id: rel}}.
+
+    >>> save_beir("my_data", {"d1": {"title": "", "text": "hi"}}, {"q1": "hello?"}, {"test": {"q1": {"d1": 1}}})  # doctest: +SKIP
+    """
+    root = Path(data_dir)
+    corpus_rows = []
+    for did, doc in corpus.items():
+        if isinstance(doc, str):
+            doc = {"title": "", "text": doc}
+        corpus_rows.append({"_id": str(did), "title": doc.get("title", ""), "text": doc["text"]})
+    write_jsonl(root / "corpus.jsonl", corpus_rows)
+    write_jsonl(root / "queries.jsonl", [{"_id": str(q), "text": t} for q, t in queries.items()])
+    for split, judged in qrels.items():
+        body = "".join(f"{q}\t{d}\t{int(r)}\n" for q, docs in judged.items() for d, r in docs.items())
+        atomic_write_text(root / "qrels" / f"{split}.tsv", "\t".join(QRELS_HEADER) + "\n" + body)
+    return root
+
+
+def course_data_dir() -> Path:
+    """The course's data folder: ``$BGEKIT_DATA`` if set, else ``data/`` at the root of the bgekit checkout.
+
+    >>> course_data_dir() / "corpus.jsonl"   # doctest: +SKIP
+    """
+    env = os.environ.get("BGEKIT_DATA")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"BGEKIT_DATA={env!r} is not a folder; point it at a BEIR-format folder")
+        return path
+    path = Path(__file__).resolve().parent.parent / "data"
+    if not (path / "corpus.jsonl").is_file():
+        raise FileNotFoundError(
+            f"course data not found at {path} (no corpus.jsonl). The data lives in the bgekit git repository, "
+            "not in the installed package: clone the repository (or install it with `pip install -e .`), "
+            "or set BGEKIT_DATA to the folder holding corpus.jsonl, queries.jsonl and qrels/."
+        )
+    return path
+
+
+def doc_text(doc: str | Mapping[str, str]) -> str:
+    """The text to embed for a document: ``title + " " + text``, stripped (MTEB's convention).
+
+    >>> doc_text({"title": "Fever", "text": "A raised temperature."})
+    'Fever A raised temperature.'
+    >>> doc_text({"title": "", "text": " plain "})
+    'plain'
+    >>> doc_text("already a string")
+    'already a string'
+    """
+    if isinstance(doc, str):
+        return doc
+    title = doc.get("title") or ""
+    text = doc.get("text") or ""
+    return (title + " " + text).strip()
+
+
+def _is_str_list(val: Any) -> bool:
+    return isinstance(val, list) and all(isinstance(x, str) for x in val)
+
+
+def _check_training_row(row: Any, where: str) -> None:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "query" not in row:
+        raise ValueError(f"{where}: missing key 'query'")
+    if not isinstance(row["query"], str):
+        raise ValueError(f"{where}: 'query' must be a string, got {type(row['query']).__name__}")
+    if "pos" not in row:
+        raise ValueError(f"{where}: missing key 'pos'")
+    if not _is_str_list(row["pos"]) or not row["pos"]:
+        raise ValueError(f"{where}: 'pos' must be a non-empty list of strings, got {json.dumps(row['pos'])[:60]}")
+    if "neg" in row and not _is_str_list(row["neg"]):
+        raise ValueError(f"{where}: 'neg' must be a list of strings, got {json.dumps(row['neg'])[:60]}")
+
+
+def load_training_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read FlagEmbedding training data: one ``{"query": str, "pos": [str, ...], "neg": [str, ...]}`` per line.
+
+    ``neg`` is optional; other keys (``pos_scores``, ``prompt``, ...) are kept as they are.
+
+    >>> rows = load_training_jsonl("train.jsonl")   # doctest: +SKIP
+    >>> rows[0]["query"], len(rows[0]["pos"])       # doctest: +SKIP
+    """
+    path = Path(path)
+    rows = []
+    for lineno, obj in read_jsonl(path):
+        _check_training_row(obj, f"{path}:{lineno}")
+        rows.append(obj)
+    return rows
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write one JSON object per line, atomically (readers see the old file or the complete new one).
+
+    >>> write_jsonl("out.jsonl", [{"query": "q", "pos": ["p"]}])   # doctest: +SKIP
+    """
+    atomic_write_text(path, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_training_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Check rows against the training format (see :func:`load_training_jsonl`) and write them atomically."""
+    rows = [dict(r) for r in rows]
+    for i, row in enumerate(rows):
+        _check_training_row(row, f"rows[{i}]")
+    write_jsonl(path, rows)
