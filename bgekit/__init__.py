@@ -22,6 +22,13 @@ _EXPORTS: dict[str, str] = {
     "ModelSpec": "models", "get_spec": "models", "resolve_model": "models", "offline_model_path": "models",
     "ModelLoadError": "models",
     "Encoder": "encoder",
+    # data, index, metrics, retrieval
+    "BeirData": "data", "load_beir": "data", "course_data_dir": "data", "doc_text": "data",
+    "load_training_jsonl": "data", "write_jsonl": "data",
+    "DenseIndex": "index",
+    "evaluate": "metrics", "format_table": "metrics",
+    "DenseRetriever": "retrieval", "BM25Retriever": "retrieval", "HybridRetriever": "retrieval", "rrf": "retrieval",
+    "evaluate_retrieval": "retrieval",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -42,5 +49,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .config import CourseConfig, get_mode, seed_everything, setup
+    from .data import BeirData, course_data_dir, doc_text, load_beir, load_training_jsonl, write_jsonl
     from .encoder import Encoder
+    from .index import DenseIndex
+    from .metrics import evaluate, format_table
+    from .retrieval import BM25Retriever, DenseRetriever, HybridRetriever, evaluate_retrieval, rrf
     from .models import ModelLoadError, ModelSpec, get_spec, offline_model_path, resolve_model
