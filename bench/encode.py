@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--gpu-bert-large", action="store_true",
                     help="randomly initialised BERT-large-shaped model in fp16, texts of about 256 tokens")
     args = ap.parse_args()
+    import logging
+
+    logging.getLogger("bgekit").setLevel(logging.ERROR)  # the truncation notes are expected here
 
     from sentence_transformers import SentenceTransformer
 
