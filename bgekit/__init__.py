@@ -29,6 +29,15 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "metrics", "format_table": "metrics",
     "DenseRetriever": "retrieval", "BM25Retriever": "retrieval", "HybridRetriever": "retrieval", "rrf": "retrieval",
     "evaluate_retrieval": "retrieval",
+    # reranking, mining, training, merging
+    "Reranker": "reranker",
+    "mine_hard_negatives": "mining", "MiningReport": "mining", "HardNegativeMiner": "mining",
+    "TrainArgs": "training", "train_embedder": "training", "RerankerTrainArgs": "training",
+    "train_reranker": "training",
+    "merge_models": "merging",
+    # LLM and RAG
+    "LLMClient": "llm", "LLMError": "llm", "local_server": "llm", "default_client": "llm",
+    "RAGResult": "rag",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -53,5 +62,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .encoder import Encoder
     from .index import DenseIndex
     from .metrics import evaluate, format_table
+    from .llm import LLMClient, LLMError, default_client, local_server
+    from .merging import merge_models
+    from .mining import HardNegativeMiner, MiningReport, mine_hard_negatives
+    from .rag import RAGResult
+    from .reranker import Reranker
+    from .training import RerankerTrainArgs, TrainArgs, train_embedder, train_reranker
     from .retrieval import BM25Retriever, DenseRetriever, HybridRetriever, evaluate_retrieval, rrf
     from .models import ModelLoadError, ModelSpec, get_spec, offline_model_path, resolve_model

@@ -31,8 +31,10 @@ The course runs in two modes with the same code: **full** (Colab GPU, the real `
 
 code("""
 import sys
-if "google.colab" in sys.modules:  # on Colab: install the course package
-    !pip -q install "bgekit[course] @ git+https://github.com/bgekit/bgekit"
+if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
+    !test -d /content/bgekit || git clone -q --depth 1 https://github.com/bgekit/bgekit /content/bgekit
+    %pip install -q -e "/content/bgekit[course]"
+    sys.path.insert(0, "/content/bgekit")
 import bgekit
 cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
 """)

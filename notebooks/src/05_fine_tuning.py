@@ -46,8 +46,10 @@ merging the fine-tuned weights with the original ones gets most of it back.
 
 code(r"""
 import sys
-if "google.colab" in sys.modules:  # on Colab: install the course package
-    !pip -q install "bgekit[course] @ git+https://github.com/bgekit/bgekit"
+if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
+    !test -d /content/bgekit || git clone -q --depth 1 https://github.com/bgekit/bgekit /content/bgekit
+    %pip install -q -e "/content/bgekit[course]"
+    sys.path.insert(0, "/content/bgekit")
 import bgekit
 cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
 """)
