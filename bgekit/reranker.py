@@ -1,0 +1,306 @@
+"""Rerank passages with a cross-encoder: the query and a passage are read *together*, one score per pair.
+
+>>> from bgekit import Reranker
+>>> rr = Reranker("BAAI/bge-reranker-large")                       # doctest: +SKIP  (full mode)
+>>> rr.compute_score([("what is a cactus?", "A cactus is a succulent plant."),
+...                   ("what is a cactus?", "Tomatoes need full sun.")])      # doctest: +SKIP
+[5.31, -7.96]                                                   # raw logits: higher = more relevant
+>>> rr.compute_score([("what is a cactus?", "A cactus is a succulent plant.")], normalize=True)  # doctest: +SKIP
+[0.995]                                                         # sigmoid of the logit, in [0, 1]
+>>> rr.rerank("what is a cactus?", ["Tomatoes need full sun.", "A cactus is a succulent plant."])  # doctest: +SKIP
+[{'index': 1, 'text': 'A cactus is a succulent plant.', 'score': 5.31}, {'index': 0, ...}]
+
+In small (offline) mode no pretrained cross-encoder is available: notebook 03 trains one with
+:func:`bgekit.training.train_reranker`; pass its folder, ``Reranker(path)``.
+
+How a pair is tokenised: ``[CLS] query [SEP] passage [SEP]`` (the model's own pair template),
+at most ``max_length`` tokens. When a pair is too long the passage is cut first; the query keeps
+all its tokens unless it is itself longer than ``max_query_length`` (default: a quarter of
+``max_length``) *and* the passage needs the room, in which case the query is cut to
+``max(max_query_length, room left by the passage)``. So the passage always keeps at least three
+quarters of the budget, and nothing is cut when the pair fits.
+
+How it batches: every pair is tokenised once, pairs are sorted by token length so each batch is
+padded only to its own longest pair, and scores come back in input order. On CUDA the weights run
+in fp16, elsewhere in fp32; logits (and the sigmoid) are computed in fp32.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import models
+from .config import default_device, get_mode
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Reranker", "tokenize_pairs", "default_reranker"]
+
+#: show a progress bar when scoring at least this many pairs (unless told otherwise)
+PROGRESS_MIN_PAIRS = 512
+
+_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+
+Pair = tuple[str, str]
+
+
+def default_reranker(mode: str | None = None) -> str:
+    """The reranker a mode uses: ``BAAI/bge-reranker-large`` in full mode.
+
+    Small (offline) mode has no pretrained cross-encoder, so this raises
+    :class:`~bgekit.models.ModelLoadError` saying how to get one.
+    """
+    m, _ = get_mode(mode)
+    if m == "full":
+        return models.FULL_RERANKER
+    raise models.ModelLoadError(
+        "No pretrained reranker is available in small (offline) mode. Train the course's cross-encoder "
+        "and pass its folder: `from bgekit.training import train_reranker; rr = Reranker(train_reranker("
+        "output_dir='_work/reranker'))` (notebook 03 does this), or set BGEKIT_MODE=full to use "
+        f"{models.FULL_RERANKER!r} from the Hugging Face hub."
+    )
+
+
+def _check_pairs(pairs: Any) -> list[Pair]:
+    """Validate ``pairs``; a single ``(query, passage)`` pair becomes a list of one."""
+    if isinstance(pairs, (str, bytes)):
+        raise TypeError("pairs must be a list of (query, passage) pairs, got a single string")
+    if isinstance(pairs, Mapping) or not isinstance(pairs, Iterable):
+        raise TypeError(f"pairs must be a list of (query, passage) pairs, got {type(pairs).__name__}")
+    if isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs):
+        return [(pairs[0], pairs[1])]  # one pair given on its own
+    out: list[Pair] = []
+    for i, p in enumerate(pairs):
+        if isinstance(p, (str, bytes)) or not isinstance(p, (tuple, list)) or len(p) != 2:
+            what = f"a string {p[:40]!r}" if isinstance(p, str) else (
+                f"a {type(p).__name__} of length {len(p)}" if isinstance(p, (tuple, list)) else type(p).__name__)
+            raise TypeError(f"pairs[{i}] is {what}: expected a (query, passage) pair of two strings")
+        q, d = p
+        for j, (name, x) in enumerate((("query", q), ("passage", d))):
+            if not isinstance(x, str):
+                raise TypeError(f"pairs[{i}][{j}] (the {name}) is {type(x).__name__}, expected str"
+                                + (" (None is not text: drop or replace it)" if x is None else ""))
+        out.append((q, d))
+    return out
+
+
+def tokenize_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int,
+                   max_query_length: int | None = None) -> tuple[list[dict[str, list[int]]], int]:
+    """Tokenise ``(query, passage)`` pairs with the model's pair template, unpadded, within ``max_length``.
+
+    The passage is cut first; a query longer than ``max_query_length`` (default ``max_length // 4``)
+    is cut to ``max(max_query_length, room the passage leaves)``. Returns the features (one dict per
+    pair, keys ``input_ids``/``attention_mask``/``token_type_ids`` as the tokenizer makes them) and
+    how many pairs were cut.
+
+    >>> feats, n_cut = tokenize_pairs(tok, [("a question", "a passage")], 512)  # doctest: +SKIP
+    """
+    n_special = tokenizer.num_special_tokens_to_add(pair=True)
+    budget = int(max_length) - n_special
+    if budget < 2:
+        raise ValueError(f"max_length={max_length} leaves no room for a query and a passage "
+                         f"({n_special} special tokens)")
+    q_cap = max(1, min(int(max_query_length or max_length // 4), budget - 1))
+    queries = [q for q, _ in pairs]
+    passages = [d for _, d in pairs]
+    n_cut = 0
+    long_q: dict[str, tuple[int, list[tuple[int, int]]]] = {}
+    if getattr(tokenizer, "is_fast", False):
+        # tokenise each distinct query once (a rerank call repeats one query for every passage)
+        uniq = list(dict.fromkeys(queries))
+        qenc = tokenizer(uniq, add_special_tokens=False, truncation=True, max_length=budget,
+                         return_offsets_mapping=True)
+        for q, ids, offs in zip(uniq, qenc["input_ids"], qenc["offset_mapping"]):
+            if len(ids) > q_cap:
+                long_q[q] = (len(ids), offs)
+    if long_q:  # rare: the query itself is long; give it what the passage leaves, at least q_cap
+        rows = [i for i, q in enumerate(queries) if q in long_q]
+        penc = tokenizer([passages[i] for i in rows], add_special_tokens=False, truncation=True, max_length=budget)
+        for i, p_ids in zip(rows, penc["input_ids"]):
+            n_q, offs = long_q[queries[i]]
+            keep = min(n_q, max(q_cap, budget - len(p_ids)))
+            if keep < n_q:
+                queries[i] = queries[i][: offs[keep - 1][1]]  # cut at the end of the keep-th token
+                n_cut += 1
+    # "longest_first" trims the longer side token by token: with the query already within its cap,
+    # that is the passage, and it never fails the way "only_second" does when a query is too long
+    enc = tokenizer(queries, passages, truncation="longest_first", max_length=int(max_length), padding=False)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    feats = [{k: enc[k][i] for k in keys} for i in range(len(pairs))]
+    n_full = sum(len(f["input_ids"]) >= max_length for f in feats)
+    return feats, max(n_cut, n_full)
+
+
+class Reranker:
+    """A cross-encoder that scores ``(query, passage)`` pairs with one logit.
+
+    Args:
+        model_name_or_path: hub id (``BAAI/bge-reranker-large``, ``BAAI/bge-reranker-base``, ...) or a
+            local folder (e.g. the one :func:`bgekit.training.train_reranker` saves). ``None``:
+            ``BAAI/bge-reranker-large`` in full mode; in small mode there is none, so it must be given.
+        device: ``"cuda"``, ``"mps"``, ``"cpu"``; ``None`` picks the best available.
+        max_length: token budget per pair (query + passage + special tokens); ``None``: the model's
+            (512 for the BGE rerankers, capped at the model's position limit).
+        dtype: ``"fp16"``/``"bf16"``/``"fp32"``; ``None``: fp16 on CUDA, fp32 elsewhere.
+        batch_size: pairs per forward pass (halved automatically on CUDA out-of-memory).
+        max_query_length: tokens a long query may keep when the pair does not fit (``None``: ``max_length // 4``).
+        show_progress: progress bar (``None``: only for at least 512 pairs).
+
+    >>> rr = Reranker("_work/reranker", device="cpu")                  # doctest: +SKIP
+    >>> rr.compute_score([("how do I water a cactus", "Water cacti when the soil is dry.")])  # doctest: +SKIP
+    [3.2]
+    """
+
+    def __init__(self, model_name_or_path: str | os.PathLike | None = None, device: str | None = None,
+                 max_length: int | None = None, dtype: str | torch.dtype | None = None, batch_size: int = 32, *,
+                 max_query_length: int | None = None, show_progress: bool | None = None,
+                 mode: str | None = None) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        name = os.fspath(model_name_or_path) if model_name_or_path is not None else default_reranker(mode)
+        name = str(name)
+        self.name = name
+        spec = models.get_spec(name) if (name in models.REGISTRY or os.path.isdir(name)) else None
+        if spec is not None and spec.kind == "embedder" and spec.known:
+            raise ValueError(
+                f"{name!r} is an embedder (a bi-encoder: one vector per text), not a cross-encoder: it has no "
+                "trained head to score (query, passage) pairs. Use bgekit.Encoder for it, or train a reranker "
+                "from it with bgekit.training.train_reranker."
+            )
+        self.device = torch.device(device or default_device())
+        if dtype is None:
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        elif isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}")
+            dtype = _DTYPES[dtype]
+        self.dtype = dtype
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.show_progress = show_progress
+        path = models.resolve_model(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            self.model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, trust_remote_code=False, dtype=dtype, output_loading_info=True)
+        except Exception as e:  # network, missing files, wrong repo id
+            raise models.load_error(name, e) from e
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:
+            raise ValueError(
+                f"{name!r} is not a trained cross-encoder: its classification head was missing from the "
+                f"checkpoint ({', '.join(missing[:4])}) and would be random. Pass a reranker (e.g. "
+                f"{models.FULL_RERANKER!r} or a folder saved by bgekit.training.train_reranker)."
+            )
+        n_labels = int(getattr(self.model.config, "num_labels", 1))
+        if n_labels != 1:
+            raise ValueError(f"{name!r} has {n_labels} output labels; a reranker needs exactly one (a relevance logit)")
+        self.model.to(self.device).eval()
+        model_max = int(getattr(self.model.config, "max_position_embeddings", 512) or 512)
+        if getattr(self.model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+            model_max -= 2  # RoBERTa-style position ids start after the padding index
+        default_max = spec.max_length if spec is not None else 512
+        self.model_max_length = model_max
+        self.max_length = min(int(max_length or default_max), model_max)
+        self.max_query_length = max_query_length
+        logger.info("Reranker %s on %s (%s), max_length=%d",
+                    os.path.basename(name.rstrip("/")) if os.path.isdir(name) else name, self.device,
+                    str(dtype).replace("torch.", ""), self.max_length)
+
+    def __repr__(self) -> str:
+        return f"Reranker({self.name!r}, device={str(self.device)!r}, max_length={self.max_length})"
+
+    @torch.inference_mode()
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**batch, return_dict=True).logits[:, 0].float()
+
+    def compute_score(self, pairs: Sequence[Pair] | Pair, normalize: bool = False, batch_size: int | None = None,
+                      max_length: int | None = None, show_progress: bool | None = None) -> list[float]:
+        """One score per ``(query, passage)`` pair, in input order: the raw logit, or with
+        ``normalize=True`` its sigmoid in [0, 1] (same ranking, easier to threshold).
+
+        A single pair given on its own, ``("q", "p")``, is scored as a list of one (the result is
+        always a list). An empty list gives ``[]``. A bad item raises ``TypeError`` naming its index.
+
+        >>> rr.compute_score([("q", "relevant passage"), ("q", "off-topic passage")])  # doctest: +SKIP
+        [4.1, -6.3]
+        """
+        pairs = _check_pairs(pairs)
+        if not pairs:
+            return []
+        max_length = min(int(max_length or self.max_length), self.model_max_length)
+        bs = int(batch_size or self.batch_size)
+        if bs < 1:
+            raise ValueError(f"batch_size must be >= 1, got {bs}")
+        feats, n_cut = tokenize_pairs(self.tokenizer, pairs, max_length, self.max_query_length)
+        if n_cut:
+            logger.debug("%d of %d pairs reached %d tokens and were truncated", n_cut, len(pairs), max_length)
+        order = np.argsort([-len(f["input_ids"]) for f in feats], kind="stable")  # longest first: OOM shows early
+        out = np.empty(len(pairs), dtype=np.float32)
+        show = show_progress if show_progress is not None else (
+            self.show_progress if self.show_progress is not None else len(pairs) >= PROGRESS_MIN_PAIRS)
+        bar = tqdm(total=len(pairs), desc="rerank", unit="pair", disable=not show, leave=False)
+        start = 0
+        while start < len(pairs):
+            idx = order[start:start + bs]
+            batch = self.tokenizer.pad([feats[i] for i in idx], padding=True, return_tensors="pt")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            try:
+                logits = self._forward(batch)
+            except torch.cuda.OutOfMemoryError:
+                if bs == 1:
+                    raise
+                torch.cuda.empty_cache()
+                bs = max(1, bs // 2)
+                logger.warning("CUDA out of memory: retrying with batch_size=%d", bs)
+                continue
+            if normalize:
+                logits = torch.sigmoid(logits)
+            out[idx] = logits.cpu().numpy()
+            start += len(idx)
+            bar.update(len(idx))
+        bar.close()
+        return out.tolist()
+
+    def rerank(self, query: str, passages: Sequence[str | Mapping[str, Any]], top_k: int | None = None, *,
+               normalize: bool = False, batch_size: int | None = None,
+               max_length: int | None = None) -> list[dict[str, Any]]:
+        """Score every passage against ``query`` and return them best first:
+        ``[{"index": position in passages, "text": passage, "score": float}, ...]``, at most ``top_k``.
+
+        A passage is a string or a ``{"title", "text"}`` record (scored as ``title + " " + text``).
+        Equal scores keep input order.
+
+        >>> rr.rerank("tiny flies in my pots", ["Aphids on roses ...", "Fungus gnats ..."], top_k=1)  # doctest: +SKIP
+        [{'index': 1, 'text': 'Fungus gnats ...', 'score': 2.7}]
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query is {type(query).__name__}, expected str")
+        if isinstance(passages, (str, bytes, Mapping)) or not isinstance(passages, Iterable):
+            raise TypeError("passages must be a list of strings (or {'title', 'text'} records)")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        texts: list[str] = []
+        for i, p in enumerate(passages):
+            if isinstance(p, str):
+                texts.append(p)
+            elif isinstance(p, Mapping) and isinstance(p.get("text"), str):
+                texts.append(((p.get("title") or "") + " " + p["text"]).strip())
+            else:
+                raise TypeError(f"passages[{i}] is {type(p).__name__}, expected str or a dict with a 'text' string")
+        if not texts:
+            return []
+        scores = self.compute_score([(query, t) for t in texts], normalize=normalize, batch_size=batch_size,
+                                    max_length=max_length)
+        order = sorted(range(len(texts)), key=lambda i: -scores[i])  # stable: ties keep input order
+        if top_k is not None:
+            order = order[: int(top_k)]
+        return [{"index": i, "text": texts[i], "score": scores[i]} for i in order]

@@ -1,0 +1,214 @@
+"""Reranker scores against an independent reference: a hand-written transformers forward pass, pair by pair."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from bgekit.models import ModelLoadError
+from bgekit.reranker import Reranker, tokenize_pairs
+
+Q1 = "why are the leaves of my tomato plant turning yellow?"
+Q2 = "tiny black flies in my houseplant pots"
+PAIRS = [
+    (Q1, "Lower leaves of a tomato turn yellow when the plant lacks nitrogen or is watered too much."),
+    (Q2, "Fungus gnats breed in damp compost; letting the top few centimetres dry breaks their life cycle, and "
+         "yellow sticky traps catch the adults while the larvae die off in the drier mix."),
+    (Q1, "short"),
+    ("", "An empty query still makes a pair."),
+    (Q2, "Orchids grow in bark, not soil; repot them after flowering when roots spill out of the pot. " * 3),
+    ("a", ""),
+    (Q1, "Basil likes warmth."),
+]
+
+
+@pytest.fixture(scope="session")
+def reranker_dir(tmp_path_factory, minilm_path):
+    """A tiny cross-encoder: the bundled MiniLM with a seeded classification head, scaled up so that
+    scores spread over several units (a mix-up of pairs would show)."""
+    torch.manual_seed(1234)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=1)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 1.0)
+        model.classifier.bias.fill_(0.25)
+    out = tmp_path_factory.mktemp("tiny_reranker")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rr(reranker_dir):
+    return Reranker(reranker_dir, device="cpu")
+
+
+def reference_logits(path, pairs, max_length=512):
+    """Each pair alone (no padding at all): tokenizer([q], [p]) -> model -> logit.
+
+    (Lists, because ``tokenizer("a", "")`` drops an empty passage and its [SEP], while a batch keeps it,
+    as sentence-transformers and FlagEmbedding do.)"""
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    out = []
+    with torch.no_grad():
+        for q, p in pairs:
+            b = tok([q], [p], truncation=True, max_length=max_length, return_tensors="pt")
+            out.append(float(model(**b).logits[0, 0]))
+    return torch.tensor(out)
+
+
+@pytest.fixture(scope="module")
+def ref(reranker_dir):
+    return reference_logits(reranker_dir, PAIRS)
+
+
+def test_reference_scores_are_spread(ref):
+    # guards the test itself: identical scores would hide an order mix-up
+    assert float(ref.std()) > 0.1 and len(set(ref.round(decimals=3).tolist())) == len(PAIRS)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 64])
+def test_matches_transformers_reference(rr, ref, batch_size):
+    got = rr.compute_score(PAIRS, batch_size=batch_size)
+    assert isinstance(got, list) and len(got) == len(PAIRS) and all(isinstance(x, float) for x in got)
+    torch.testing.assert_close(torch.tensor(got), ref, atol=1e-5, rtol=0)
+
+
+def test_normalize_is_sigmoid(rr, ref):
+    got = rr.compute_score(PAIRS, normalize=True, batch_size=3)
+    torch.testing.assert_close(torch.tensor(got), torch.sigmoid(ref), atol=1e-6, rtol=0)
+    assert all(0.0 <= x <= 1.0 for x in got)
+
+
+def test_input_order_kept_under_permutation(rr):
+    perm = [4, 0, 6, 2, 5, 1, 3]
+    a = rr.compute_score(PAIRS, batch_size=2)
+    b = rr.compute_score([PAIRS[i] for i in perm], batch_size=2)
+    torch.testing.assert_close(torch.tensor(b), torch.tensor([a[i] for i in perm]), atol=1e-5, rtol=0)
+
+
+def test_lists_as_pairs_and_single_pair(rr, ref):
+    assert rr.compute_score([list(p) for p in PAIRS[:2]]) == pytest.approx(ref[:2].tolist(), abs=1e-5)
+    single = rr.compute_score(PAIRS[0])  # one pair on its own: still a list of one score
+    assert isinstance(single, list) and single == pytest.approx([float(ref[0])], abs=1e-5)
+
+
+def test_empty_input(rr):
+    assert rr.compute_score([]) == []
+    assert rr.rerank("q", []) == []
+
+
+@pytest.mark.parametrize("bad, where", [
+    ([("q", "p"), ("q", None)], "pairs[1][1]"),
+    ([("q", "p"), (3, "p")], "pairs[1][0]"),
+    ([("q", "p"), "qp"], "pairs[1]"),
+    ([("q", "p", "x")], "pairs[0]"),
+    ([("q", "p"), ("q", "p"), 7], "pairs[2]"),
+])
+def test_bad_items_name_their_index(rr, bad, where):
+    with pytest.raises(TypeError) as e:
+        rr.compute_score(bad)
+    assert where in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["just a string", 42, {"q": "p"}])
+def test_bad_container(rr, bad):
+    with pytest.raises(TypeError, match="pairs"):
+        rr.compute_score(bad)
+
+
+def test_truncation_keeps_passage_budget(rr):
+    tok = rr.tokenizer
+    long_q = "why do my tomato leaves curl and turn yellow at the edges " * 6   # > 16 tokens
+    long_p = "Tomatoes need deep, regular watering and full sun to ripen their fruit. " * 20
+    short_p = "Too much water."
+    feats, _ = tokenize_pairs(tok, [(long_q, long_p), (long_q, short_p), ("short query", long_p)], 64)
+    n_q = [f["input_ids"].index(tok.sep_token_id) - 1 for f in feats]
+    n_p = [len(f["input_ids"]) - n - 3 for f, n in zip(feats, n_q)]
+    assert [len(f["input_ids"]) for f in feats] == [64, 64, 64]
+    p_short = len(tok(short_p, add_special_tokens=False)["input_ids"])
+    q_short = len(tok("short query", add_special_tokens=False)["input_ids"])
+    # long + long: query capped at max_length // 4, the passage gets the rest
+    assert (n_q[0], n_p[0]) == (16, 45)
+    # long query + short passage: the query may use the room the passage leaves
+    assert (n_q[1], n_p[1]) == (61 - p_short, p_short)
+    # short query: kept whole, passage cut
+    assert (n_q[2], n_p[2]) == (q_short, 61 - q_short)
+    # the kept tokens are the first tokens of each text
+    full_q = tok(long_q, add_special_tokens=False)["input_ids"]
+    full_p = tok(long_p, add_special_tokens=False)["input_ids"]
+    assert feats[0]["input_ids"][1:17] == full_q[:16] and feats[0]["input_ids"][18:63] == full_p[:45]
+
+
+def test_truncated_scores_match_reference(rr, reranker_dir):
+    long_q = "why do my tomato leaves curl and turn yellow at the edges " * 6
+    long_p = "Tomatoes need deep, regular watering and full sun to ripen their fruit. " * 20
+    tok = rr.tokenizer
+    cut_q = tok.decode(tok(long_q, add_special_tokens=False)["input_ids"][:16])
+    ref = reference_logits(reranker_dir, [(cut_q, long_p), ("short query", long_p)], max_length=64)
+    got = rr.compute_score([(long_q, long_p), ("short query", long_p)], max_length=64)
+    torch.testing.assert_close(torch.tensor(got), ref, atol=1e-5, rtol=0)
+
+
+def test_rerank_orders_best_first(rr):
+    passages = [p for _, p in PAIRS]
+    scores = rr.compute_score([(Q1, p) for p in passages])
+    out = rr.rerank(Q1, passages)
+    assert [r["index"] for r in out] == sorted(range(len(passages)), key=lambda i: -scores[i])
+    assert [r["text"] for r in out] == [passages[r["index"]] for r in out]
+    assert [r["score"] for r in out] == pytest.approx(sorted(scores, reverse=True), abs=1e-6)
+    top = rr.rerank(Q1, passages, top_k=2)
+    assert top == out[:2]
+    norm = rr.rerank(Q1, passages, top_k=3, normalize=True)
+    assert [r["index"] for r in norm] == [r["index"] for r in out[:3]]
+    assert all(0 <= r["score"] <= 1 for r in norm)
+
+
+def test_rerank_accepts_title_text_records(rr):
+    docs = [{"title": "Fungus gnats", "text": "Let the mix dry out."}, "Basil likes warmth."]
+    out = rr.rerank(Q2, docs)
+    by_index = {r["index"]: r for r in out}
+    assert by_index[0]["text"] == "Fungus gnats Let the mix dry out."
+    assert by_index[0]["score"] == pytest.approx(rr.compute_score([(Q2, "Fungus gnats Let the mix dry out.")])[0],
+                                                 abs=1e-6)
+
+
+def test_rerank_bad_input(rr):
+    with pytest.raises(TypeError, match="query"):
+        rr.rerank(None, ["p"])
+    with pytest.raises(TypeError, match="passages"):
+        rr.rerank("q", "a single string")
+    with pytest.raises(TypeError, match=r"passages\[1\]"):
+        rr.rerank("q", ["p", 3])
+    with pytest.raises(ValueError, match="top_k"):
+        rr.rerank("q", ["p"], top_k=0)
+
+
+def test_embedder_folder_is_refused(minilm_path):
+    with pytest.raises(ValueError, match="not a cross-encoder"):
+        Reranker(minilm_path, device="cpu")
+
+
+def test_head_missing_is_refused(tmp_path, minilm_path):
+    # a plain encoder checkpoint without bgekit/ST metadata: caught by the missing classifier weights
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(minilm_path).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="classifier"):
+        Reranker(tmp_path, device="cpu")
+
+
+def test_small_mode_needs_a_path():
+    with pytest.raises(ModelLoadError, match="train_reranker"):
+        Reranker(mode="small")
+
+
+def test_missing_folder_is_a_load_error(tmp_path):
+    with pytest.raises(ModelLoadError):
+        Reranker(tmp_path / "nope" / "reranker", device="cpu")
+
+
+def test_repr_and_defaults(rr):
+    assert rr.max_length == 512 and rr.device.type == "cpu" and rr.dtype == torch.float32
+    assert "Reranker(" in repr(rr)

@@ -1,0 +1,182 @@
+"""train_reranker on a tiny BEIR set: the loss falls, the saved folder is a plain HF cross-encoder that
+bgekit.Reranker and sentence-transformers' CrossEncoder load with the same scores, and saving is atomic."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bgekit import models
+from bgekit.data import load_training_jsonl, save_beir
+from bgekit.reranker import Reranker
+from bgekit.training.reranker import (
+    TRAIN_INFO_FILE,
+    RerankerTrainArgs,
+    build_reranker_examples,
+    group_loss,
+    train_reranker,
+)
+
+DOCS = {
+    "d1": ("Yellow tomato leaves", "Lower leaves of a tomato turn yellow when the plant lacks nitrogen."),
+    "d2": ("Leggy seedlings", "Seedlings stretch and flop over when light is too weak; move them closer to a lamp."),
+    "d3": ("Watering cacti", "Water a cactus only when the soil is completely dry, every two to three weeks."),
+    "d4": ("Fungus gnats", "Small black flies over potting soil are fungus gnats; let the top layer dry out."),
+    "d5": ("Basil care", "Pinch basil tips above a pair of leaves so the plant branches instead of flowering."),
+    "d6": ("Repotting orchids", "Orchids grow in bark, not soil; repot them after flowering."),
+    "d7": ("Overwatering", "Too much water suffocates roots; leaves droop and yellow though the soil is wet."),
+    "d8": ("Aphids", "Green aphids cluster on new shoots; rinse them off with water or soapy spray."),
+    "d9": ("Light for herbs", "Herbs on a windowsill need six hours of direct sun; a south window works best."),
+    "d10": ("Tomato support", "Tomato plants need deep watering twice a week and a stake to hold the fruit."),
+    "d11": ("Slugs", "Slugs eat holes in lettuce at night; beer traps and copper tape keep them away."),
+    "d12": ("Compost", "A compost heap needs a mix of green and brown material and regular turning."),
+}
+QUERIES = {
+    "q1": "why is my tomato plant going yellow",
+    "q2": "baby plants tall and floppy",
+    "q3": "how often do I water my cactus",
+    "q4": "tiny flies in my plant pot",
+    "q5": "bugs on new growth of my pepper",
+    "q6": "how to make basil bushy",
+    "q7": "what goes into a compost pile",
+    "q8": "holes in my lettuce leaves",
+}
+QRELS = {"q1": {"d1": 2, "d7": 1}, "q2": {"d2": 2}, "q3": {"d3": 2}, "q4": {"d4": 2}, "q5": {"d8": 2},
+         "q6": {"d5": 2}, "q7": {"d12": 2}, "q8": {"d11": 2}}
+
+FAST = dict(train_group_size=4, per_device_train_batch_size=4, max_len=64, learning_rate=1e-4,
+            warmup_ratio=0.0, show_progress=False, seed=7)
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("beir")
+    save_beir(root, {d: {"title": t, "text": x} for d, (t, x) in DOCS.items()}, QUERIES, {"train": QRELS})
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, beir_dir):
+    out = tmp_path_factory.mktemp("runs") / "reranker"
+    return train_reranker(output_dir=str(out), data_dir=str(beir_dir), hard_negatives="bm25",
+                          num_train_epochs=8, **FAST)
+
+
+def test_group_loss_hand_computed():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    want = (-math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(1 / (2 + math.e))) / 2
+    assert float(group_loss(logits)) == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="group"):
+        group_loss(torch.zeros(3, 1))
+
+
+def test_examples_exclude_judged_documents(beir_dir):
+    examples, pool = build_reranker_examples(beir_dir, "train", hard_negatives="bm25", negative_range=(0, 5))
+    assert len(examples) == len(QRELS) and len(pool) == len(DOCS)
+    text = {d: f"{t} {x}" for d, (t, x) in DOCS.items()}
+    by_query = {e.query: e for e in examples}
+    for qid, judged in QRELS.items():
+        ex = by_query[QUERIES[qid]]
+        assert ex.pos == [text[d] for d in sorted(judged, key=lambda d: -judged[d])]  # best grade first
+        assert len(ex.neg) <= 5 and not set(ex.neg) & {text[d] for d in judged}
+        # the negatives are BM25's top hits in its order, judged documents skipped
+        from bgekit.retrieval import BM25Retriever
+
+        hits = BM25Retriever({d: {"title": t, "text": x} for d, (t, x) in DOCS.items()}).search([QUERIES[qid]], k=12)[0]
+        assert ex.neg == [text[d] for d, _ in hits if d not in judged][:5]
+    assert sum(len(e.neg) for e in examples) > 0
+
+
+def test_loss_decreases_and_history_kept(trained):
+    assert trained.n_steps == len(trained.losses) == 16  # 8 queries / 4 per step x 8 epochs
+    first, last = sum(trained.losses[:3]) / 3, sum(trained.losses[-3:]) / 3
+    assert first > 1.0  # about log(4) with an untrained head
+    assert last < 0.6 * first
+    info = json.loads((trained.output_dir / TRAIN_INFO_FILE).read_text())
+    assert info["losses"] == pytest.approx(trained.losses) and info["stamp"] == trained.stamp
+
+
+def test_saved_folder_is_a_reranker(trained):
+    folder = trained.output_dir
+    meta = json.loads((folder / models.METADATA_FILE).read_text())
+    assert meta["kind"] == "reranker"
+    assert models.get_spec(folder).kind == "reranker"
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["num_labels"] == 1 if "num_labels" in cfg else len(cfg["id2label"]) == 1
+    assert any("SequenceClassification" in a for a in cfg["architectures"])
+
+
+def test_trained_model_ranks_positives_high(trained):
+    rr = Reranker(trained, device="cpu")  # the result works as a path
+    text = {d: f"{t} {x}" for d, (t, x) in DOCS.items()}
+    near_top = 0
+    for qid, judged in QRELS.items():
+        best = max(judged, key=judged.get)
+        ranked = [r["text"] for r in rr.rerank(QUERIES[qid], list(text.values()))]
+        near_top += ranked.index(text[best]) < 3
+    # an untrained head puts the answer in the top 3 of 12 for about 2 of 8 queries
+    assert near_top >= 6
+
+
+def test_crossencoder_loads_with_same_scores(trained):
+    from sentence_transformers import CrossEncoder
+
+    pairs = [(QUERIES[q], f"{DOCS[d][0]} {DOCS[d][1]}") for q in QUERIES for d in ("d1", "d4", "d9")]
+    rr = Reranker(trained, device="cpu")
+    ce = CrossEncoder(str(trained.output_dir), device="cpu")
+    raw = ce.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+    torch.testing.assert_close(torch.tensor(rr.compute_score(pairs)), torch.tensor(raw), atol=1e-5, rtol=0)
+    prob = ce.predict(pairs, show_progress_bar=False)  # CrossEncoder's default for one label: sigmoid
+    torch.testing.assert_close(torch.tensor(rr.compute_score(pairs, normalize=True)), torch.tensor(prob),
+                               atol=1e-6, rtol=0)
+
+
+def test_reuse_same_stamp_skips_training(trained, beir_dir):
+    again = train_reranker(output_dir=str(trained.output_dir), data_dir=str(beir_dir), hard_negatives="bm25",
+                           num_train_epochs=8, reuse=True, **FAST)
+    assert again.reused and again.stamp == trained.stamp and again.losses == pytest.approx(trained.losses)
+
+
+def test_atomic_save_keeps_old_folder_on_failure(tmp_path, beir_dir, monkeypatch):
+    out = tmp_path / "reranker"
+    out.mkdir()
+    (out / "marker.txt").write_text("old model")
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(models, "save_model_metadata", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train_reranker(output_dir=str(out), data_dir=str(beir_dir), hard_negatives="random", num_train_epochs=0.5,
+                       **FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reranker"]  # no temp folder left behind
+    assert sorted(p.name for p in out.iterdir()) == ["marker.txt"]
+
+
+def test_trains_from_flagembedding_jsonl(tmp_path):
+    rows = [{"query": QUERIES[q], "pos": [DOCS[d][1] for d in judged],
+             "neg": [DOCS[d][1] for d in DOCS if d not in judged][:2]} for q, judged in QRELS.items()]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(load_training_jsonl(path)) == len(rows)
+    res = train_reranker(output_dir=str(tmp_path / "rr"), train_data=str(path), num_train_epochs=1, **FAST)
+    assert res.n_queries == len(rows) and res.n_steps == 2 and all(math.isfinite(x) for x in res.losses)
+    assert Reranker(res, device="cpu").compute_score([("q", "p")])[0] == pytest.approx(
+        Reranker(res, device="cpu").compute_score(("q", "p"))[0])
+
+
+def test_bad_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"query": "q", "pos": ["p"]}) + "\n" + json.dumps({"query": "q"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        train_reranker(output_dir=str(tmp_path / "rr"), train_data=str(path), **FAST)
+
+
+@pytest.mark.parametrize("bad", [dict(train_group_size=1), dict(output_dir=""), dict(hard_negatives="magic"),
+                                 dict(negative_range=(5, 5)), dict(num_train_epochs=0)])
+def test_bad_arguments(bad):
+    kw = {"output_dir": "x"} | bad
+    with pytest.raises(ValueError, match="Invalid reranker training arguments"):
+        RerankerTrainArgs(**kw)
