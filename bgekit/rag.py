@@ -1,0 +1,464 @@
+"""Retrieval-augmented generation: retrieve → rerank → prompt with numbered sources → answer with citations.
+
+The answer is embedded too, with the same encoder as the passages, to see which retrieved passages
+it actually draws on (attribution) and to flag answers that match none of them.
+
+Example::
+
+    from bgekit import Encoder
+    from bgekit.retrieval import DenseRetriever
+    from bgekit.llm import local_server
+    from bgekit import rag
+
+    enc = Encoder()
+    retriever = DenseRetriever(enc, corpus)
+    with local_server() as llm:
+        res = rag.answer("What causes tides?", retriever, llm, encoder=enc)
+        print(res.answer, res.citations, res.attribution.drawn_on)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SYSTEM_PROMPT",
+    "build_prompt",
+    "parse_citations",
+    "answer",
+    "attribute",
+    "attribution_thresholds",
+    "RAGResult",
+    "Attribution",
+    "CitationReport",
+    "evaluate_citations",
+]
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered sources you are given. "
+    "Cite the source of each fact with its number in square brackets, like [2]. "
+    "If the sources do not contain the answer, say that you don't know."
+)
+
+
+def _doc_text(doc: Any) -> str:
+    if isinstance(doc, str):
+        return doc.strip()
+    if isinstance(doc, Mapping):
+        return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
+    raise TypeError(f"a document must be a str or a {{'title', 'text'}} dict, got {type(doc).__name__}")
+
+
+def build_prompt(question: str, passages: Sequence[str], max_chars: int | None = 700) -> str:
+    """The user message for a RAG answer: numbered sources ``[1]..[n]``, the question, the rules.
+
+    Passages longer than ``max_chars`` are cut at a word boundary (small local models have
+    small context windows). The instruction to cite comes last, right before the model answers,
+    where even a 135M-parameter model follows it: asked to *start* with the source number, SmolLM2-135M
+    cited in 10 of 10 trial questions, against 7 of 10 when asked to cite after each sentence.
+
+    Example::
+
+        build_prompt("Who wrote Hamlet?", ["Hamlet is a tragedy by Shakespeare.", "Paris is in France."])
+    """
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("question must be a non-empty string")
+    if not passages:
+        raise ValueError("passages is empty: nothing to answer from")
+    lines = ["Sources:"]
+    for i, p in enumerate(passages, 1):
+        if not isinstance(p, str):
+            raise TypeError(f"passages[{i - 1}] must be a str, got {type(p).__name__}")
+        text = " ".join(p.split())
+        if max_chars and len(text) > max_chars:
+            text = text[:max_chars].rsplit(" ", 1)[0] + " ..."
+        lines.append(f"[{i}] {text}")
+    lines += [
+        "",
+        f"Question: {question.strip()}",
+        "",
+        "Answer in one or two sentences using only the sources above. Start your answer with the number "
+        "of the source that answers the question in square brackets, like [1], and cite any other source "
+        "you use the same way.",
+    ]
+    return "\n".join(lines)
+
+
+_CITE = re.compile(
+    r"\[\s*(?:(?:source|passage|doc(?:ument)?)s?\s*)?(\d+(?:\s*(?:,|;|-|–|and)\s*(?:(?:source|passage)\s*)?\d+)*)\s*\]",
+    re.IGNORECASE,
+)
+
+
+def parse_citations(text: str, n_sources: int | None = None) -> tuple[list[int], list[int]]:
+    """Citation numbers in ``text``: ``[2]``, ``[1, 3]``, ``[1][2]``, ``[2-4]``, ``[Source 2]``.
+
+    Returns ``(valid, invalid)``, each in order of first appearance without repeats; a number is
+    valid when ``1 <= number <= n_sources`` (all are valid when ``n_sources`` is None).
+
+    Example::
+
+        parse_citations("Paris [1]. Also [1, 3] and [9].", 4)   # ([1, 3], [9])
+    """
+    seen: list[int] = []
+    for m in _CITE.finditer(text or ""):
+        body = m.group(1)
+        for part in re.split(r"\s*(?:,|;|and)\s*", body, flags=re.IGNORECASE):
+            part = re.sub(r"(?i)source|passage", "", part).strip()
+            rng = re.match(r"^(\d+)\s*[-–]\s*(\d+)$", part)
+            if rng:
+                a, b = int(rng.group(1)), int(rng.group(2))
+                nums = list(range(a, b + 1)) if 0 <= b - a <= 20 else [a, b]
+            elif part.isdigit():
+                nums = [int(part)]
+            else:
+                continue
+            for x in nums:
+                if x not in seen:
+                    seen.append(x)
+    valid = [x for x in seen if n_sources is None or 1 <= x <= n_sources]
+    invalid = [x for x in seen if x not in valid]
+    return valid, invalid
+
+
+# --------------------------------------------------------------------------- attribution
+
+
+def attribution_thresholds(encoder: Any) -> tuple[float, float]:
+    """``(absolute, margin)`` defaults for :func:`attribute`, by model family.
+
+    Cosine scales differ between models: BGE v1.5 puts even unrelated English texts around
+    0.5-0.65, while all-MiniLM-L6-v2 puts them near 0-0.2. So the absolute floor is per family;
+    the relative rule (``margin`` below the best) is the same idea for both.
+    """
+    name = " ".join(str(getattr(encoder, a, "") or "") for a in ("name", "model_name_or_path")).lower()
+    spec = getattr(encoder, "spec", None)
+    name += " " + str(getattr(spec, "name", "") or "").lower()
+    if "bge" in name:
+        return 0.72, 0.05
+    return 0.45, 0.10
+
+
+@dataclass
+class Attribution:
+    """How close the answer's embedding is to each source's embedding.
+
+    ``scores[i]`` is the cosine between the answer and source ``i + 1``. Rule: the answer
+    *draws on* source ``j`` when ``scores[j-1] >= best - margin`` **and** ``>= absolute``;
+    it is ``unsupported`` when even the best source is below ``absolute``.
+    """
+
+    scores: list[float]
+    drawn_on: list[int]  # 1-based source numbers, best first
+    best: int | None  # 1-based number of the closest source
+    unsupported: bool
+    absolute: float
+    margin: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(
+            scores=self.scores, drawn_on=self.drawn_on, best=self.best, unsupported=self.unsupported,
+            absolute=self.absolute, margin=self.margin,
+        )
+
+
+def attribute(
+    answer_text: str,
+    passages: Sequence[str],
+    encoder: Any,
+    absolute: float | None = None,
+    margin: float | None = None,
+    passage_vectors: np.ndarray | None = None,
+) -> Attribution:
+    """Score which passages an answer draws on by embedding it like a passage (no instruction).
+
+    Example::
+
+        att = attribute("Tides come from the Moon's pull [1].", passages, enc)
+        att.scores, att.drawn_on, att.unsupported
+    """
+    d_abs, d_margin = attribution_thresholds(encoder)
+    absolute = d_abs if absolute is None else float(absolute)
+    margin = d_margin if margin is None else float(margin)
+    if not passages:
+        return Attribution([], [], None, True, absolute, margin)
+    # strip citation marks: "[2]" is not content and would pull answers towards each other
+    clean = _CITE.sub("", answer_text or "").strip()
+    if not clean:
+        return Attribution([0.0] * len(passages), [], None, True, absolute, margin)
+    a = np.asarray(encoder.encode_corpus([clean]), dtype=np.float32)
+    p = passage_vectors if passage_vectors is not None else np.asarray(encoder.encode_corpus(list(passages)), dtype=np.float32)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+    scores = (p @ a[0]).astype(float)
+    best_i = int(np.argmax(scores))
+    best = float(scores[best_i])
+    order = np.argsort(-scores, kind="stable")
+    drawn = [int(i) + 1 for i in order if scores[i] >= best - margin and scores[i] >= absolute]
+    return Attribution([round(float(s), 6) for s in scores], drawn, best_i + 1, best < absolute, absolute, margin)
+
+
+# --------------------------------------------------------------------------- answer
+
+
+@dataclass
+class RAGResult:
+    """What :func:`answer` returns.
+
+    ``sources``: ``{"id", "text", "score", "rank", "retrieval_score"}`` dicts, in prompt order
+    (source ``[1]`` first); ``score`` is the reranker's score when a reranker ran, else the
+    retriever's. ``citations``: valid source numbers cited in the answer (1-based);
+    ``invalid_citations``: numbers the model made up. ``timings``: seconds per stage.
+    """
+
+    question: str
+    answer: str
+    sources: list[dict[str, Any]]
+    prompt: str
+    citations: list[int]
+    invalid_citations: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    attribution: Attribution | None = None
+    system: str = SYSTEM_PROMPT
+
+    @property
+    def cited_ids(self) -> list[str]:
+        """Document ids of the cited sources."""
+        return [self.sources[c - 1]["id"] for c in self.citations]
+
+    def __str__(self) -> str:
+        out = [f"Q: {self.question}", f"A: {self.answer.strip()}"]
+        for c in self.citations:
+            s = self.sources[c - 1]
+            out.append(f"  [{c}] {s['id']}: {s['text'][:100]}")
+        if self.invalid_citations:
+            out.append(f"  (cites sources that do not exist: {self.invalid_citations})")
+        return "\n".join(out)
+
+
+_ROWS: "weakref.WeakKeyDictionary[Any, dict[str, int]]" = weakref.WeakKeyDictionary()
+
+
+def _stored_vectors(retriever: Any, encoder: Any, ids: list[str]) -> np.ndarray | None:
+    """The passages' corpus embeddings kept by a dense retriever built on the same encoder (saves re-encoding)."""
+    emb = getattr(retriever, "embeddings", None)
+    doc_ids = getattr(retriever, "doc_ids", None)
+    if emb is None or doc_ids is None or getattr(retriever, "encoder", None) is not encoder:
+        return None
+    try:
+        rows = _ROWS.get(retriever)
+        if rows is None or len(rows) != len(doc_ids):
+            rows = {d: i for i, d in enumerate(doc_ids)}
+            _ROWS[retriever] = rows
+        return np.asarray(emb[[rows[d] for d in ids]], dtype=np.float32)
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _corpus_of(retriever: Any, corpus: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if corpus is not None:
+        return corpus
+    c = getattr(retriever, "corpus", None)
+    if c is None:
+        raise TypeError(
+            f"{type(retriever).__name__} has no .corpus attribute: pass corpus={{doc_id: text or {{title, text}}}} "
+            f"so that the retrieved ids can be turned into passages"
+        )
+    return c
+
+
+def answer(
+    question: str,
+    retriever: Any,
+    llm: Any,
+    reranker: Any = None,
+    k: int = 20,
+    top_n: int = 4,
+    max_tokens: int = 128,
+    encoder: Any = None,
+    corpus: Mapping[str, Any] | None = None,
+    system: str | None = SYSTEM_PROMPT,
+    max_chars: int | None = 700,
+    **chat_kw: Any,
+) -> RAGResult:
+    """Answer ``question`` from the corpus: retrieve ``k`` → rerank to ``top_n`` → generate with citations.
+
+    ``retriever``: any object with ``.search(list[str], k) -> list[list[(doc_id, score)]]`` and a
+    ``.corpus`` dict (or pass ``corpus=``). ``reranker``: optional, with
+    ``.rerank(query, passages, top_k)`` (:class:`bgekit.Reranker`); without it the first ``top_n``
+    retrieved passages are used. ``llm``: an :class:`bgekit.llm.LLMClient`. ``encoder``: when given,
+    the answer is embedded and compared with each source (:func:`attribute`).
+
+    Example::
+
+        res = answer("What is BM25?", retriever, llm, reranker=rr, encoder=enc)
+        print(res.prompt); print(res.answer, res.cited_ids, res.timings)
+    """
+    if k < 1 or top_n < 1:
+        raise ValueError(f"k and top_n must be >= 1, got k={k}, top_n={top_n}")
+    docs = _corpus_of(retriever, corpus)
+    t0 = time.perf_counter()
+    hits = retriever.search([question], k=k)[0]
+    t1 = time.perf_counter()
+    cands = []
+    for doc_id, score in hits:
+        if doc_id not in docs:
+            raise KeyError(f"the retriever returned id {doc_id!r}, which is not in the corpus")
+        cands.append({"id": doc_id, "text": _doc_text(docs[doc_id]), "retrieval_score": float(score)})
+    if reranker is not None and cands:
+        ranked = reranker.rerank(question, [c["text"] for c in cands], top_k=top_n)
+        chosen = [dict(cands[r["index"]], score=float(r["score"])) for r in ranked[:top_n]]
+    else:
+        chosen = [dict(c, score=c["retrieval_score"]) for c in cands[:top_n]]
+    t2 = time.perf_counter()
+    for rank, c in enumerate(chosen, 1):
+        c["rank"] = rank
+    sources = [{key: c[key] for key in ("id", "text", "score", "rank", "retrieval_score")} for c in chosen]
+    if not sources:
+        raise ValueError("the retriever found no passages for this question")
+    prompt = build_prompt(question, [s["text"] for s in sources], max_chars=max_chars)
+    text = llm.chat(prompt, system=system, max_tokens=max_tokens, **chat_kw)
+    t3 = time.perf_counter()
+    valid, invalid = parse_citations(text, len(sources))
+    att = None
+    if encoder is not None:
+        vecs = _stored_vectors(retriever, encoder, [s["id"] for s in sources])
+        att = attribute(text, [s["text"] for s in sources], encoder, passage_vectors=vecs)
+    t4 = time.perf_counter()
+    timings = {
+        "retrieve": t1 - t0,
+        "rerank": (t2 - t1) if reranker is not None else 0.0,
+        "generate": t3 - t2,
+        "attribute": (t4 - t3) if encoder is not None else 0.0,
+        "total": t4 - t0,
+    }
+    return RAGResult(question, text, sources, prompt, valid, invalid, timings, att, system or "")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class CitationReport:
+    """Aggregate figures of :func:`evaluate_citations` (shares are in [0, 1], times in seconds)."""
+
+    n: int
+    cites_relevant: float  # answers citing at least one relevant passage / all questions
+    cites_any: float  # answers with at least one valid citation
+    relevant_retrieved: float  # questions with a relevant passage among the sources (the ceiling)
+    cites_relevant_when_retrieved: float  # cites_relevant among questions where one was retrieved
+    citation_precision: float  # mean share of cited sources that are relevant (answers that cite)
+    invalid_citation_rate: float  # answers citing a source number that does not exist
+    unsupported: float | None  # answers flagged by attribution (None without encoder)
+    attribution_best_relevant: float | None  # answers whose closest source is relevant
+    latency: dict[str, float]  # mean seconds per question: retrieve, rerank, generate, attribute, total
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        lat = ", ".join(f"{k} {v:.3f}s" for k, v in self.latency.items())
+        s = (
+            f"{self.n} questions: cites a relevant passage {self.cites_relevant:.1%} "
+            f"(cites any source {self.cites_any:.1%}; a relevant passage was among the sources "
+            f"{self.relevant_retrieved:.1%}; given that, cited {self.cites_relevant_when_retrieved:.1%}; "
+            f"cited sources that are relevant {self.citation_precision:.1%}; "
+            f"made-up source numbers {self.invalid_citation_rate:.1%})"
+        )
+        if self.unsupported is not None:
+            s += f"; attribution: unsupported {self.unsupported:.1%}, closest source relevant {self.attribution_best_relevant:.1%}"
+        return s + f"\nmean latency per question: {lat}"
+
+
+def evaluate_citations(
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    retriever: Any,
+    llm: Any,
+    reranker: Any = None,
+    n: int | None = None,
+    seed: int = 0,
+    k: int = 20,
+    top_n: int = 4,
+    max_tokens: int = 128,
+    encoder: Any = None,
+    corpus: Mapping[str, Any] | None = None,
+    show_progress: bool | None = None,
+    **answer_kw: Any,
+) -> CitationReport:
+    """Run :func:`answer` over (a sample of ``n``) queries and measure how often it cites a relevant passage.
+
+    A passage is relevant when ``qrels[qid][doc_id] > 0``. Latency is the mean per question of each stage.
+
+    Example::
+
+        data = bgekit.data.load_beir(bgekit.data.course_data_dir(), "test")
+        rep = evaluate_citations(data.queries, data.qrels, retriever, llm, n=15, encoder=enc)
+        print(rep.summary())
+    """
+    from tqdm.auto import tqdm
+
+    qids = [q for q in queries if q in qrels]
+    if not qids:
+        raise ValueError("no query has qrels: check that queries and qrels come from the same split")
+    if n is not None and n < len(qids):
+        qids = sorted(random.Random(seed).sample(qids, n), key=qids.index)
+    rows = []
+    disable = (len(qids) < 5) if show_progress is None else not show_progress
+    for qid in tqdm(qids, desc="RAG", disable=disable):
+        res = answer(
+            queries[qid], retriever, llm, reranker=reranker, k=k, top_n=top_n, max_tokens=max_tokens,
+            encoder=encoder, corpus=corpus, **answer_kw,
+        )
+        rel = {d for d, r in qrels[qid].items() if r > 0}
+        source_rel = [s["id"] in rel for s in res.sources]
+        att = res.attribution
+        rows.append(
+            dict(
+                qid=qid,
+                question=queries[qid],
+                answer=res.answer,
+                citations=res.citations,
+                invalid_citations=res.invalid_citations,
+                cited_ids=res.cited_ids,
+                source_ids=[s["id"] for s in res.sources],
+                relevant_retrieved=any(source_rel),
+                cites_relevant=any(source_rel[c - 1] for c in res.citations),
+                cited_relevant_share=(
+                    sum(source_rel[c - 1] for c in res.citations) / len(res.citations) if res.citations else None
+                ),
+                unsupported=None if att is None else att.unsupported,
+                attribution=None if att is None else att.as_dict(),
+                best_relevant=None if att is None or att.best is None else source_rel[att.best - 1],
+                **{f"t_{key}": v for key, v in res.timings.items()},
+            )
+        )
+    m = len(rows)
+
+    def share(key: str) -> float:
+        return sum(bool(r[key]) for r in rows) / m
+
+    retrieved = [r for r in rows if r["relevant_retrieved"]]
+    prec = [r["cited_relevant_share"] for r in rows if r["cited_relevant_share"] is not None]
+    latency = {key: float(np.mean([r[f"t_{key}"] for r in rows])) for key in ("retrieve", "rerank", "generate", "attribute", "total")}
+    return CitationReport(
+        n=m,
+        cites_relevant=share("cites_relevant"),
+        cites_any=sum(bool(r["citations"]) for r in rows) / m,
+        relevant_retrieved=share("relevant_retrieved"),
+        cites_relevant_when_retrieved=(sum(r["cites_relevant"] for r in retrieved) / len(retrieved)) if retrieved else 0.0,
+        citation_precision=float(np.mean(prec)) if prec else 0.0,
+        invalid_citation_rate=sum(bool(r["invalid_citations"]) for r in rows) / m,
+        unsupported=None if encoder is None else share("unsupported"),
+        attribution_best_relevant=None if encoder is None else share("best_relevant"),
+        latency=latency,
+        rows=rows,
+    )
