@@ -258,8 +258,8 @@ similar nDCG@10, but they **fail on different queries** (section below), so fusi
 metric: the hybrid run is clearly ahead on nDCG@10, MRR@10 and recall@100. Fusion is no free lunch in
 general: when one retriever is much weaker, an equal-weight fusion can land *below* the stronger one;
 `rrf(..., weights=[...])` and `HybridRetriever(..., weights=...)` let you tilt it towards the stronger
-retriever. With the real bge-large-en-v1.5 (full mode) dense retrieval pulls ahead of BM25, which is the
-usual picture for a strong embedding model. The recall@k curve shows where each method
+retriever. A stronger embedding model such as bge-large-en-v1.5 is expected to pull ahead of BM25 (run this
+notebook in full mode to see it on this collection). The recall@k curve shows where each method
 stands at every depth.
 """)
 
