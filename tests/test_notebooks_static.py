@@ -3,6 +3,7 @@ import json
 import re
 import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,8 @@ def test_notebook_matches_its_generator(nb, tmp_path, monkeypatch):
     copy = tmp_path / "notebooks" / "src" / src.name
     copy.parent.mkdir(parents=True)
     shutil.copy(src, copy)
+    shutil.copy(src.parent / "_nb.py", copy.parent / "_nb.py")
+    monkeypatch.delitem(sys.modules, "_nb", raising=False)  # import the copy, which writes beside it
     runpy.run_path(str(copy), run_name="__main__")
     def content(path):  # cell ids are random per generation
         return [(c["cell_type"], "".join(c["source"])) for c in cells(path)]

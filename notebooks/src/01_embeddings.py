@@ -1,18 +1,12 @@
 """Generate notebooks/01_embeddings.ipynb (outputs stripped). Run: python notebooks/src/01_embeddings.py"""
+import sys
 from pathlib import Path
 
-import nbformat as nbf
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _nb import SETUP, Notebook  # noqa: E402
 
-cells = []
-
-
-def md(s: str) -> None:
-    cells.append(nbf.v4.new_markdown_cell(s.strip()))
-
-
-def code(s: str) -> None:
-    cells.append(nbf.v4.new_code_cell(s.strip()))
-
+nb = Notebook()
+md, code = nb.md, nb.code
 
 md("""
 # 01 · Embeddings: turning text into vectors with BGE
@@ -29,15 +23,7 @@ The course runs in two modes with the same code: **full** (Colab GPU, the real `
 **small** (offline CPU, the bundled `all-MiniLM-L6-v2`). The setup cell prints which one you are in.
 """)
 
-code("""
-import sys
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    !test -d /content/bgekit || git clone -q --depth 1 https://github.com/bgekit/bgekit /content/bgekit
-    %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
-import bgekit
-cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
-""")
+code(SETUP)
 
 md("""
 ## 1. What an embedding is
@@ -268,10 +254,4 @@ md("""
 Next: **02 · cosine retrieval** builds a searchable index over the course corpus and measures how good it is.
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"] = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-                  "language_info": {"name": "python"}}
-out = Path(__file__).resolve().parents[1] / "01_embeddings.ipynb"
-nbf.write(nb, out)
-print("wrote", out)
+nb.write("01_embeddings.ipynb")

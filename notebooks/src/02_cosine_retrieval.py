@@ -2,25 +2,14 @@
 
     python notebooks/src/02_cosine_retrieval.py
 """
-from __future__ import annotations
-
+import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _nb import SETUP, Notebook  # noqa: E402
 
-OUT = Path(__file__).resolve().parent.parent / "02_cosine_retrieval.ipynb"
-
-cells: list = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(new_code_cell(text.strip("\n")))
-
+nb = Notebook()
+md, code = nb.md, nb.code
 
 md(r"""
 # 02 · Cosine similarity, dense retrieval and how to measure it
@@ -41,15 +30,7 @@ and finish with what changes when the collection grows from hundreds to millions
   outgrows one machine.
 """)
 
-code(r"""
-import sys
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    !test -d /content/bgekit || git clone -q --depth 1 https://github.com/bgekit/bgekit /content/bgekit
-    %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
-import bgekit
-cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
-""")
+code(SETUP)
 
 code(r"""
 import time
@@ -458,14 +439,4 @@ md(r"""
 Next: notebook 03 reranks the top candidates with a cross-encoder to push nDCG@10 further.
 """)
 
-nb = new_notebook(cells=cells)
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nb.metadata["language_info"] = {"name": "python"}
-
-if __name__ == "__main__":
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.validate(nb)
-    tmp = OUT.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, str(tmp))
-    tmp.replace(OUT)
-    print(f"wrote {OUT} ({len(cells)} cells)")
+nb.write("02_cosine_retrieval.ipynb")

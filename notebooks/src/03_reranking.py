@@ -1,18 +1,12 @@
 """Generate notebooks/03_reranking.ipynb (outputs stripped). Run: python notebooks/src/03_reranking.py"""
+import sys
 from pathlib import Path
 
-import nbformat as nbf
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _nb import SETUP, Notebook  # noqa: E402
 
-cells = []
-
-
-def md(s: str) -> None:
-    cells.append(nbf.v4.new_markdown_cell(s.strip()))
-
-
-def code(s: str) -> None:
-    cells.append(nbf.v4.new_code_cell(s.strip()))
-
+nb = Notebook()
+md, code = nb.md, nb.code
 
 md(r"""
 # 03 · Reranking: a cross-encoder reads the query and the passage together
@@ -31,15 +25,7 @@ In **full** mode (Colab GPU) the reranker is BAAI's pretrained **`BAAI/bge-reran
 bundled all-MiniLM-L6-v2 in about a minute. The code is the same; only the model differs.
 """)
 
-code(r"""
-import sys
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    !test -d /content/bgekit || git clone -q --depth 1 https://github.com/bgekit/bgekit /content/bgekit
-    %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
-import bgekit
-cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
-""")
+code(SETUP)
 
 md(r"""
 ## 1. Why bi-encoders miss and cross-encoders read
@@ -367,12 +353,4 @@ Next: notebook 04 mines hard negatives for fine-tuning the embedder itself, so t
 the relevant passages.
 """)
 
-nb = nbf.v4.new_notebook()
-nb["cells"] = cells
-nb["metadata"] = {
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-}
-out = Path(__file__).resolve().parent.parent / "03_reranking.ipynb"
-nbf.write(nb, str(out))
-print("wrote", out)
+nb.write("03_reranking.ipynb")

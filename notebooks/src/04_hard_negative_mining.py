@@ -2,25 +2,14 @@
 
     python notebooks/src/04_hard_negative_mining.py
 """
-from __future__ import annotations
-
+import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _nb import SETUP, Notebook  # noqa: E402
 
-OUT = Path(__file__).resolve().parent.parent / "04_hard_negative_mining.ipynb"
-
-cells: list = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(new_code_cell(text.strip("\n")))
-
+nb = Notebook()
+md, code = nb.md, nb.code
 
 md(r"""
 # 04 · Hard-negative mining
@@ -48,15 +37,7 @@ model to push those away teaches it the wrong thing.
 - how to inspect a mined file before you train on it.
 """)
 
-code(r"""
-import sys
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    !test -d /content/bgekit || git clone -q --depth 1 https://github.com/bgekit/bgekit /content/bgekit
-    %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
-import bgekit
-cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
-""")
+code(SETUP)
 
 code(r"""
 import json
@@ -339,10 +320,4 @@ python -m bgekit.mine --model_name_or_path BAAI/bge-large-en-v1.5 \
 Next: notebook 05 fine-tunes the embedder on `train_mined.jsonl`.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-})
-nbformat.validate(nb)
-OUT.write_text(nbformat.writes(nb), encoding="utf-8")
-print(f"wrote {OUT}")
+nb.write("04_hard_negative_mining.ipynb")

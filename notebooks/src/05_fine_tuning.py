@@ -2,25 +2,14 @@
 
     python notebooks/src/05_fine_tuning.py
 """
-from __future__ import annotations
-
+import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _nb import SETUP, Notebook  # noqa: E402
 
-OUT = Path(__file__).resolve().parent.parent / "05_fine_tuning.ipynb"
-
-cells: list = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(new_code_cell(text.strip("\n")))
-
+nb = Notebook()
+md, code = nb.md, nb.code
 
 md(r"""
 # 05 · Fine-tuning the embedder (and merging it back)
@@ -44,15 +33,7 @@ merging the fine-tuned weights with the original ones gets most of it back.
   cross-device negatives), and how to resume an interrupted run.
 """)
 
-code(r"""
-import sys
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    !test -d /content/bgekit || git clone -q --depth 1 https://github.com/bgekit/bgekit /content/bgekit
-    %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
-import bgekit
-cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
-""")
+code(SETUP)
 
 code(r"""
 import json
@@ -465,18 +446,4 @@ md(r"""
 Next: notebook 06 puts the retriever in front of an LLM (RAG).
 """)
 
-
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
-
-
-if __name__ == "__main__":
-    nb = build()
-    nbformat.validate(nb)
-    tmp = OUT.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, str(tmp))
-    tmp.replace(OUT)  # atomic
-    print(f"wrote {OUT} ({len(cells)} cells)")
+nb.write("05_fine_tuning.ipynb")

@@ -2,25 +2,14 @@
 
     python notebooks/src/06_llm_integration.py
 """
-from __future__ import annotations
-
+import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _nb import SETUP, Notebook  # noqa: E402
 
-OUT = Path(__file__).resolve().parent.parent / "06_llm_integration.ipynb"
-
-cells: list = []
-
-
-def md(text: str) -> None:
-    cells.append(new_markdown_cell(text.strip("\n")))
-
-
-def code(text: str) -> None:
-    cells.append(new_code_cell(text.strip("\n")))
-
+nb = Notebook()
+md, code = nb.md, nb.code
 
 md(r"""
 # 06 · LLM integration and RAG
@@ -46,15 +35,7 @@ be exactly what you would use with a large model.
 - how to measure a RAG system: share of answers citing a relevant passage, latency per stage
 """)
 
-code(r"""
-import sys
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    !test -d /content/bgekit || git clone -q --depth 1 https://github.com/bgekit/bgekit /content/bgekit
-    %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
-import bgekit
-cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
-""")
+code(SETUP)
 
 md(r"""
 ## 1 · The client and its settings
@@ -424,14 +405,4 @@ md(r"""
 With `NOVITA_API_KEY` set, rerun this notebook: the same cells use a Llama-3.1-8B model at Novita AI.
 """)
 
-nb = new_notebook(cells=cells)
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nb.metadata["language_info"] = {"name": "python"}
-
-if __name__ == "__main__":
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.validate(nb)
-    tmp = OUT.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, str(tmp))
-    tmp.replace(OUT)
-    print(f"wrote {OUT} ({len(cells)} cells)")
+nb.write("06_llm_integration.ipynb")
