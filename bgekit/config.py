@@ -133,6 +133,7 @@ def setup(mode: str | None = None, seed: int = 0, verbose: bool = True) -> Cours
     wd.mkdir(parents=True, exist_ok=True)
     cfg = CourseConfig(m, device, embedder, reranker, course_data_dir(), wd, seed)
     _quiet_third_party()
+    keys = _colab_secrets_to_env()
     if verbose:
         _show_package_logs()
         gpu = f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else ""
@@ -142,9 +143,39 @@ def setup(mode: str | None = None, seed: int = 0, verbose: bool = True) -> Cours
         shown = models.OFFLINE_EMBEDDER + " (bundled)" if m == "small" else embedder
         print(f"embedder: {shown} | reranker: {reranker or 'trained in notebook 03 (small mode)'} | "
               f"data: {cfg.data_dir}")
+        if keys:  # names only, never values
+            print(f"API keys taken from Colab secrets into the environment: {', '.join(keys)}")
         if m == "small" and device == "cuda":
             print(f"note: a GPU is present; set {MODE_ENV}=full to use the real BGE models.")
     return cfg
+
+
+LLM_KEY_NAMES = ("NOVITA_API_KEY", "OPENAI_API_KEY")
+
+
+def _colab_secrets_to_env(names: tuple[str, ...] = LLM_KEY_NAMES) -> list[str]:
+    """On Colab, copy LLM API keys from the Secrets panel into the environment (where bgekit.llm reads them).
+
+    Returns the names it set; values are never printed or logged. Outside Colab it does nothing.
+    """
+    if "google.colab" not in sys.modules:
+        return []
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    found = []
+    for name in names:
+        if os.environ.get(name):
+            continue
+        try:
+            value = userdata.get(name)
+        except Exception:  # noqa: BLE001 - secret absent or notebook access not granted
+            continue
+        if value:
+            os.environ[name] = value
+            found.append(name)
+    return found
 
 
 def _quiet_third_party() -> None:

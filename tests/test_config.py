@@ -22,3 +22,28 @@ def test_full_mode_names_the_real_models(tmp_path, monkeypatch):
     monkeypatch.setenv("BGEKIT_WORK", str(tmp_path))
     cfg = bgekit.setup(mode="full", verbose=False)
     assert (cfg.embedder, cfg.reranker) == ("BAAI/bge-large-en-v1.5", "BAAI/bge-reranker-large")
+
+
+def test_colab_secrets_reach_the_environment_without_being_shown(capsys, tmp_path, monkeypatch):
+    """Stand-in for google.colab.userdata (Colab cannot run here): a secret is copied into the environment."""
+    import sys
+    import types
+
+    secrets = {"NOVITA_API_KEY": "nv-secret-value-123456"}
+    userdata = types.SimpleNamespace(get=lambda name: secrets[name])
+    colab = types.ModuleType("google.colab")
+    colab.userdata = userdata
+    if "google" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)
+    monkeypatch.delenv("NOVITA_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("BGEKIT_WORK", str(tmp_path))
+    bgekit.setup(mode="small")
+    out = capsys.readouterr().out
+    import os
+
+    assert os.environ["NOVITA_API_KEY"] == "nv-secret-value-123456"
+    assert "NOVITA_API_KEY" in out and "nv-secret-value" not in out
+    monkeypatch.delenv("NOVITA_API_KEY")
