@@ -19,9 +19,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from . import models
+from ._batching import run_length_sorted
 from .config import default_device, default_embedder
 
 logger = logging.getLogger(__name__)
@@ -166,37 +165,19 @@ class Encoder:
         max_length = int(max_length or self.max_length)
         normalize = self.normalize if normalize is None else normalize
         bs = int(batch_size or self.batch_size)
-        if bs < 1:
-            raise ValueError(f"batch_size must be >= 1, got {bs}")
         feats, n_trunc = self._tokenize(texts, max_length)
         if n_trunc:
             logger.warning("%d of %d texts were longer than %d tokens and were truncated", n_trunc, len(texts),
                            max_length)
-        order = np.argsort([-len(f["input_ids"]) for f in feats], kind="stable")  # longest first: OOM shows early
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         show = show_progress if show_progress is not None else (
             self.show_progress if self.show_progress is not None else len(texts) >= PROGRESS_MIN_TEXTS)
-        bar = tqdm(total=len(texts), desc="encode", unit="text", disable=not show, leave=False)
-        start = 0
-        while start < len(texts):
-            idx = order[start:start + bs]
-            batch = self.tokenizer.pad([feats[i] for i in idx], padding=True, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            try:
-                emb = self._forward(batch)
-            except torch.cuda.OutOfMemoryError:
-                if bs == 1:
-                    raise
-                torch.cuda.empty_cache()
-                bs = max(1, bs // 2)
-                logger.warning("CUDA out of memory: retrying with batch_size=%d", bs)
-                continue
-            if normalize:
-                emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-            out[idx] = emb.cpu().numpy()
-            start += len(idx)
-            bar.update(len(idx))
-        bar.close()
+
+        def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            emb = self._forward(batch)
+            return torch.nn.functional.normalize(emb, p=2, dim=-1) if normalize else emb
+
+        run_length_sorted(feats, self.tokenizer, self.device, forward, out, bs, desc="encode", unit="text", show=show)
         return out
 
     def encode_queries(self, queries: Sequence[str], *, instruction: str | None = None, **kw: Any) -> np.ndarray:

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import models
+from ._batching import run_length_sorted
 from .config import default_device, get_mode
 
 logger = logging.getLogger(__name__)
@@ -238,36 +238,18 @@ class Reranker:
             return []
         max_length = min(int(max_length or self.max_length), self.model_max_length)
         bs = int(batch_size or self.batch_size)
-        if bs < 1:
-            raise ValueError(f"batch_size must be >= 1, got {bs}")
         feats, n_cut = tokenize_pairs(self.tokenizer, pairs, max_length, self.max_query_length)
         if n_cut:
             logger.debug("%d of %d pairs reached %d tokens and were truncated", n_cut, len(pairs), max_length)
-        order = np.argsort([-len(f["input_ids"]) for f in feats], kind="stable")  # longest first: OOM shows early
         out = np.empty(len(pairs), dtype=np.float32)
         show = show_progress if show_progress is not None else (
             self.show_progress if self.show_progress is not None else len(pairs) >= PROGRESS_MIN_PAIRS)
-        bar = tqdm(total=len(pairs), desc="rerank", unit="pair", disable=not show, leave=False)
-        start = 0
-        while start < len(pairs):
-            idx = order[start:start + bs]
-            batch = self.tokenizer.pad([feats[i] for i in idx], padding=True, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            try:
-                logits = self._forward(batch)
-            except torch.cuda.OutOfMemoryError:
-                if bs == 1:
-                    raise
-                torch.cuda.empty_cache()
-                bs = max(1, bs // 2)
-                logger.warning("CUDA out of memory: retrying with batch_size=%d", bs)
-                continue
-            if normalize:
-                logits = torch.sigmoid(logits)
-            out[idx] = logits.cpu().numpy()
-            start += len(idx)
-            bar.update(len(idx))
-        bar.close()
+
+        def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = self._forward(batch)
+            return torch.sigmoid(logits) if normalize else logits
+
+        run_length_sorted(feats, self.tokenizer, self.device, forward, out, bs, desc="rerank", unit="pair", show=show)
         return out.tolist()
 
     def rerank(self, query: str, passages: Sequence[str | Mapping[str, Any]], top_k: int | None = None, *,
