@@ -67,6 +67,31 @@ def default_device() -> str:
     return "cpu"
 
 
+def fast_bf16(device: str | None = None) -> bool:
+    """True when bfloat16 runs natively on ``device`` (default: the best available): a CUDA GPU with
+    bf16 support, or a CPU with AVX512-BF16 / AMX instructions, where bf16 roughly halves the time of a
+    transformer forward pass. Elsewhere bf16 is emulated and slower than fp32.
+
+    >>> fast_bf16("cpu") in (True, False)
+    True
+    """
+    import torch
+
+    dev = device or default_device()
+    if dev.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # private, so probe with care
+        try:
+            if bool(getattr(cpu, probe)()):
+                return True
+        except Exception:  # noqa: BLE001 - missing in this torch build: not supported
+            continue
+    return False
+
+
 def default_embedder(mode: str | None = None) -> str:
     """The embedder a mode uses: the real BGE in ``full`` mode, the bundled model folder in ``small``."""
     m, _ = get_mode(mode)

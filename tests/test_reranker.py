@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bgekit.models import ModelLoadError
-from bgekit.reranker import Reranker, tokenize_pairs
+from bgekit.reranker import Reranker, fuse_scores, tokenize_pairs, tune_fusion_weight
 
 Q1 = "why are the leaves of my tomato plant turning yellow?"
 Q2 = "tiny black flies in my houseplant pots"
@@ -212,3 +212,88 @@ def test_missing_folder_is_a_load_error(tmp_path):
 def test_repr_and_defaults(rr):
     assert rr.max_length == 512 and rr.device.type == "cpu" and rr.dtype == torch.float32
     assert "Reranker(" in repr(rr)
+
+
+# --- whole runs, score fusion ---------------------------------------------------------------
+CORPUS = {"d1": {"title": "Cacti", "text": "Water a cactus when the soil is dry."},
+          "d2": "Tomatoes need full sun and deep watering.",
+          "d3": {"title": "", "text": "Basil likes warmth."}}
+RUN = {"qa": {"d1": 0.9, "d2": 0.5, "d3": 0.1}, "qb": {"d3": 0.7, "d2": 0.6}}
+QUERY_TEXTS = {"qa": "how often to water a cactus", "qb": "herbs that like heat"}
+
+
+def test_rerank_run_matches_per_query_scores(rr):
+    got = rr.rerank_run(RUN, QUERY_TEXTS, CORPUS)
+    assert set(got) == {"qa", "qb"} and set(got["qa"]) == {"d1", "d2", "d3"} and set(got["qb"]) == {"d3", "d2"}
+    texts = {"d1": "Cacti Water a cactus when the soil is dry.", "d2": CORPUS["d2"], "d3": "Basil likes warmth."}
+    for q, hits in RUN.items():
+        want = rr.compute_score([(QUERY_TEXTS[q], texts[d]) for d in hits], batch_size=1)
+        assert [got[q][d] for d in hits] == pytest.approx(want, abs=1e-5)
+    # a function doc_id -> text gives the same scores
+    by_function = rr.rerank_run(RUN, QUERY_TEXTS, texts.__getitem__)
+    assert all(by_function[q] == pytest.approx(got[q], abs=1e-6) for q in RUN)
+
+
+def test_rerank_run_top_k_keeps_the_best_first_stage_candidates(rr):
+    got = rr.rerank_run(RUN, QUERY_TEXTS, CORPUS, k=2)
+    assert set(got["qa"]) == {"d1", "d2"} and set(got["qb"]) == {"d3", "d2"}
+
+
+def test_rerank_run_bad_input(rr):
+    with pytest.raises(KeyError, match="'qa'.*not in queries"):
+        rr.rerank_run(RUN, {"qb": "x"}, CORPUS)
+    with pytest.raises(KeyError, match="'d3'.*not in the corpus"):
+        rr.rerank_run(RUN, QUERY_TEXTS, {"d1": "a", "d2": "b"})
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        rr.rerank_run(RUN, QUERY_TEXTS, CORPUS, k=0)
+    assert rr.rerank_run({}, QUERY_TEXTS, CORPUS) == {}
+
+
+def test_fuse_scores_hand_computed():
+    first = {"q": {"a": 0.8, "b": 0.6, "c": 0.2}}
+    logits = {"q": {"a": -1.0, "b": 2.0, "c": 0.5}}
+    assert fuse_scores(first, logits, 0) == {"q": {"a": -1.0, "b": 2.0, "c": 0.5}}
+    fused = fuse_scores(first, logits, 20)
+    assert fused["q"] == pytest.approx({"a": 15.0, "b": 14.0, "c": 4.5})
+    assert fuse_scores(first, {"q": {"c": 1.0}}, 2.5) == {"q": {"c": pytest.approx(1.5)}}  # reranked subset only
+
+
+@pytest.mark.parametrize("weight", [-1, float("nan"), float("inf")])
+def test_fuse_scores_bad_weight(weight):
+    with pytest.raises(ValueError, match="weight must be"):
+        fuse_scores({"q": {"a": 1.0}}, {"q": {"a": 1.0}}, weight)
+
+
+def test_fuse_scores_missing_first_stage():
+    with pytest.raises(KeyError, match="query 'q2'"):
+        fuse_scores({"q": {"a": 1.0}}, {"q2": {"a": 1.0}}, 1)
+    with pytest.raises(KeyError, match="document 'b' of query 'q'"):
+        fuse_scores({"q": {"a": 1.0}}, {"q": {"b": 1.0}}, 1)
+
+
+def test_tune_fusion_weight_picks_the_best_and_reports_all():
+    # q1: the reranker is right, q2: the first stage is right; w in between gets both right
+    first = {"q1": {"a": 0.50, "b": 0.55}, "q2": {"c": 0.9, "d": 0.1}}
+    logits = {"q1": {"a": 1.0, "b": 0.0}, "q2": {"c": 0.0, "d": 1.0}}
+    qrels = {"q1": {"a": 1}, "q2": {"c": 1}}
+    best, table = tune_fusion_weight(first, logits, qrels, weights=(0, 5, 100), metric="mrr@10")
+    # w=0: q1 right, q2 wrong (0.5) -> 0.75; w=5: q1 1.0 vs 0.25 -> a wins, q2 4.5 vs 1.5 -> c wins -> 1.0;
+    # w=100: q1 51 vs 55 -> b wins (0.5), q2 right -> 0.75
+    assert table == pytest.approx({0.0: 0.75, 5.0: 1.0, 100.0: 0.75})
+    assert best == 5.0
+    # ties go to the smaller weight
+    assert tune_fusion_weight(first, logits, {"q2": {"c": 1}}, weights=(100, 5), metric="mrr@10")[0] == 5.0
+
+
+def test_tune_fusion_weight_bad_metric():
+    with pytest.raises(ValueError, match="metric must look like"):
+        tune_fusion_weight({"q": {"a": 1.0}}, {"q": {"a": 1.0}}, {"q": {"a": 1}}, metric="ndcg")
+    with pytest.raises(ValueError, match="weights is empty"):
+        tune_fusion_weight({"q": {"a": 1.0}}, {"q": {"a": 1.0}}, {"q": {"a": 1}}, weights=())
+
+
+def test_bf16_scores_close_to_fp32(reranker_dir, rr, ref):
+    bf = Reranker(reranker_dir, device="cpu", dtype="bf16")
+    got = torch.tensor(bf.compute_score(PAIRS))
+    # bfloat16 keeps 8 bits of mantissa: about 2-3 significant digits; the order of clearly apart scores holds
+    assert torch.allclose(got, ref, atol=0.1 + 0.02 * ref.abs().max().item())

@@ -175,8 +175,68 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(train_group_size=1), dict(output_dir=""), dict(hard_negatives="magic"),
-                                 dict(negative_range=(5, 5)), dict(num_train_epochs=0)])
+                                 dict(negative_range=(5, 5)), dict(num_train_epochs=0),
+                                 dict(holdout_queries=-1), dict(freeze_layers=-1)])
 def test_bad_arguments(bad):
     kw = {"output_dir": "x"} | bad
     with pytest.raises(ValueError, match="Invalid reranker training arguments"):
         RerankerTrainArgs(**kw)
+
+
+def test_holdout_queries_are_kept_out_and_reported(tmp_path, beir_dir):
+    from bgekit.training.reranker import holdout_split
+
+    held = holdout_split(beir_dir, "train", 3, seed=7)
+    assert len(held) == 3 and set(held) <= set(QRELS) and held == sorted(held)
+    assert holdout_split(beir_dir, "train", 3, seed=7) == held          # same seed, same queries
+    examples, _ = build_reranker_examples(beir_dir, hard_negatives="random", exclude=held)
+    assert sorted(e.query for e in examples) == sorted(QUERIES[q] for q in QRELS if q not in held)
+    res = train_reranker(output_dir=str(tmp_path / "rr"), data_dir=str(beir_dir), hard_negatives="random",
+                         holdout_queries=3, num_train_epochs=1, **{**FAST, "seed": 7})
+    assert res.holdout_qids == held and res.n_queries == len(QRELS) - 3
+    info = json.loads((tmp_path / "rr" / TRAIN_INFO_FILE).read_text())
+    assert info["holdout_qids"] == held
+    again = train_reranker(output_dir=str(tmp_path / "rr"), data_dir=str(beir_dir), hard_negatives="random",
+                           holdout_queries=3, num_train_epochs=1, reuse=True, **{**FAST, "seed": 7})
+    assert again.reused and again.holdout_qids == held
+    with pytest.raises(ValueError, match="leaves nothing to train on"):
+        holdout_split(beir_dir, "train", len(QRELS))
+
+
+def test_holdout_refused_for_jsonl(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"query": "q", "pos": ["p"], "neg": ["n"]}) + "\n")
+    with pytest.raises(ValueError, match="holdout_queries works on BEIR data"):
+        train_reranker(output_dir=str(tmp_path / "rr"), train_data=str(path), holdout_queries=1, **FAST)
+
+
+def test_bf16_training_learns(tmp_path, beir_dir):
+    from bgekit.config import fast_bf16
+
+    res = train_reranker(output_dir=str(tmp_path / "rr"), data_dir=str(beir_dir), hard_negatives="bm25",
+                         num_train_epochs=8, bf16=True, **FAST)
+    first, last = sum(res.losses[:2]) / 2, sum(res.losses[-2:]) / 2
+    assert last < first - 0.3, res.losses          # bf16 autocast trains (the loss is computed in fp32)
+    rr = Reranker(res, device="cpu")
+    assert rr.model.dtype == torch.float32          # the saved weights are fp32 either way
+    assert fast_bf16("cpu") in (True, False) and fast_bf16("mps") is False
+
+
+def test_freeze_layers_keeps_the_lowest_layers(tmp_path, beir_dir, minilm_path):
+    from safetensors.torch import load_file
+
+    res = train_reranker(output_dir=str(tmp_path / "rr"), data_dir=str(beir_dir), hard_negatives="random",
+                         num_train_epochs=1, freeze_layers=2, **FAST)
+    before, after = load_file(f"{minilm_path}/model.safetensors"), load_file(f"{res.output_dir}/model.safetensors")
+    strip = lambda k: k.removeprefix("bert.")  # noqa: E731 - the classifier checkpoint nests the encoder
+
+    def same(prefix):
+        keys = [k for k in after if strip(k).startswith(prefix)]
+        assert keys, prefix
+        return all(torch.equal(after[k], before[strip(k)]) for k in keys)
+
+    assert same("embeddings.") and same("encoder.layer.0.") and same("encoder.layer.1.")
+    assert not same("encoder.layer.2.") and not same("encoder.layer.5.")
+    with pytest.raises(ValueError, match="would freeze all 6 layers"):
+        train_reranker(output_dir=str(tmp_path / "rr2"), data_dir=str(beir_dir), hard_negatives="random",
+                       num_train_epochs=1, freeze_layers=6, **FAST)
