@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from . import models
-from ._batching import run_length_sorted
+from ._batching import model_inputs, run_length_sorted
 from .config import default_device, default_embedder
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class Encoder:
     # -- encoding -----------------------------------------------------------------------------
     @torch.inference_mode()
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(**batch, return_dict=True)
+        out = self.model(**model_inputs(batch), return_dict=True)
         emb = pool(out.last_hidden_state, batch["attention_mask"], self.pooling).float()
         return emb
 

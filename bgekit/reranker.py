@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from . import models
-from ._batching import run_length_sorted
+from ._batching import model_inputs, run_length_sorted
 from .config import default_device, get_mode
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class Reranker:
 
     @torch.inference_mode()
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(**batch, return_dict=True).logits[:, 0].float()
+        return self.model(**model_inputs(batch), return_dict=True).logits[:, 0].float()
 
     def compute_score(self, pairs: Sequence[Pair] | Pair, normalize: bool = False, batch_size: int | None = None,
                       max_length: int | None = None, show_progress: bool | None = None) -> list[float]:

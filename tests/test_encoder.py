@@ -132,3 +132,18 @@ def test_unknown_pooling_and_dtype_rejected(minilm_path):
         Encoder(minilm_path, pooling="max")
     with pytest.raises(ValueError, match="dtype"):
         Encoder(minilm_path, dtype="int8")
+
+
+def test_full_attention_mask_is_dropped_only_when_it_changes_nothing(minilm_path):
+    from bgekit._batching import model_inputs
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    model = AutoModel.from_pretrained(minilm_path).eval()
+    same = tok(["two equal", "two equal"], return_tensors="pt")
+    assert "attention_mask" not in model_inputs(same) and set(model_inputs(same)) == set(same) - {"attention_mask"}
+    with torch.inference_mode():
+        a = model(**same).last_hidden_state
+        b = model(**model_inputs(same)).last_hidden_state
+    assert torch.allclose(a, b, atol=1e-5)
+    padded = tok(["short", "a somewhat longer text here"], padding=True, return_tensors="pt")
+    assert model_inputs(padded) is padded                       # padding present: the mask must stay

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import models
+from .._batching import model_inputs
 from .._io import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -448,7 +449,7 @@ def train_reranker(args: RerankerTrainArgs | None = None, *, retriever: Any = No
             batch = tokenizer.pad(feats, padding=True, return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast:
-                logits = model(**batch, return_dict=True).logits[:, 0].float().view(len(batch_ex), gs)
+                logits = model(**model_inputs(batch), return_dict=True).logits[:, 0].float().view(len(batch_ex), gs)
             loss = group_loss(logits)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss.item()} at step {step}: lower learning_rate")
