@@ -190,6 +190,8 @@ class DenseRetriever(Retriever):
         query_instruction: overrides the model's query instruction (``""`` for none; ``None``: the model's).
         show_progress: progress bar while encoding the corpus (``None``: the encoder's default).
         embeddings: precomputed corpus embeddings (n, dim) in corpus order, to skip encoding.
+        cache_dir: keep the corpus embeddings in this folder (:mod:`bgekit.cache`): they are reused
+            whenever the same model weights, settings and texts come again (another notebook, a rerun).
 
     >>> dense = DenseRetriever(Encoder(), {"d1": "Water succulents sparingly."})  # doctest: +SKIP
     >>> dense.search(["how often do I water a cactus"], k=1)                     # doctest: +SKIP
@@ -205,6 +207,7 @@ class DenseRetriever(Retriever):
         query_instruction: str | None = None,
         show_progress: bool | None = None,
         embeddings: np.ndarray | None = None,
+        cache_dir: str | Path | None = None,
         **index_knobs: Any,
     ) -> None:
         from bgekit.index import DenseIndex
@@ -220,10 +223,21 @@ class DenseRetriever(Retriever):
         self.query_instruction = query_instruction
         self.show_progress = show_progress
         self.index_kind = index_kind
+        if embeddings is not None and cache_dir is not None:
+            raise ValueError("pass either embeddings (precomputed) or cache_dir (compute once, then reuse), not both")
         if embeddings is None:
             texts = [_doc_text(self.corpus[d]) for d in self.doc_ids]
-            logger.info("encoding %d documents with %s", len(texts), getattr(encoder, "name", encoder))
-            embeddings = encoder.encode_corpus(texts, **self._encode_kwargs())
+
+            def compute() -> np.ndarray:
+                logger.info("encoding %d documents with %s", len(texts), getattr(encoder, "name", encoder))
+                return encoder.encode_corpus(texts, **self._encode_kwargs())
+
+            if cache_dir is None:
+                embeddings = compute()
+            else:
+                from bgekit.cache import cached_embeddings, corpus_key
+
+                embeddings = cached_embeddings(cache_dir, corpus_key(encoder, texts), len(texts), compute)
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(self.doc_ids):
             raise ValueError(

@@ -137,12 +137,17 @@ md(r"""
    `"Represent this sentence for searching relevant passages: "`; the bundled MiniLM has none) and
    return the passages with the highest cosine similarity.
 
-We also save the index under `cfg.work_dir` so that later notebooks can reuse it.
+Embedding the corpus is the slow step, and the later notebooks need the same vectors again. With
+`cache_dir=...` the retriever keeps them on disk under a key made of the model's weights, its settings and the
+passages' text (`bgekit.cache`): the next notebook that embeds this corpus with this model loads them in a blink,
+while a fine-tuned model or an edited passage gets new ones. The index itself can be saved too (`DenseIndex.save`,
+reloaded with `DenseIndex.load`), which is what you would ship to a search service.
 """)
 
 code(r"""
 t = time.perf_counter()
-dense = DenseRetriever(encoder, data.corpus)          # encode + index the whole corpus
+dense = DenseRetriever(encoder, data.corpus,            # encode + index the whole corpus
+                       cache_dir=cfg.work_dir / "embeddings")   # ... and keep the vectors for later notebooks
 print(f"{len(dense)} passages -> embeddings {dense.embeddings.shape} in {time.perf_counter() - t:.1f} s")
 print(dense.index)
 print("saved to", dense.index.save(cfg.work_dir / "02_course_index"))

@@ -126,7 +126,7 @@ from bgekit.retrieval import DenseRetriever
 data = load_beir(cfg.data_dir, "test")
 print(data)
 encoder = Encoder(cfg.embedder)
-retriever = DenseRetriever(encoder, data.corpus)
+retriever = DenseRetriever(encoder, data.corpus, cache_dir=cfg.work_dir / "embeddings")   # cached by notebook 02
 
 reranker = None
 if cfg.reranker:  # full mode: the real BGE cross-encoder
