@@ -9,6 +9,7 @@ writing a notebook with its outputs stripped.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import nbformat
@@ -42,6 +43,14 @@ class Notebook:
 
     def write(self, name: str) -> Path:
         nb = new_notebook(cells=self.cells)
+        seen: set[str] = set()
+        for cell in nb.cells:  # ids from the cell's text (not random), so regenerating changes only edited cells
+            base = hashlib.sha1(cell.source.encode()).hexdigest()[:8]
+            cid, n = base, 1
+            while cid in seen:
+                cid, n = f"{base}-{n}", n + 1
+            seen.add(cid)
+            cell.id = cid
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.metadata["language_info"] = {"name": "python"}
         nbformat.validate(nb)
