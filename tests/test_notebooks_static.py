@@ -1,53 +1,107 @@
-"""Static checks of the course notebooks (the notebooks themselves run under `pytest --nbmake notebooks`)."""
+"""Static checks of the course notebooks (the solution notebooks themselves run under
+`pytest --nbmake notebooks/solutions`).
+
+Each notebook is one jupytext source `notebooks/NN_name.py`, built by `notebooks/build.py` into the learner's
+notebook `notebooks/NN_name.ipynb` (no solutions) and `notebooks/solutions/NN_name.ipynb` (what CI runs).
+"""
+import importlib.util
 import json
 import re
-import runpy
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
+NB_DIR = ROOT / "notebooks"
+SOURCES = sorted(NB_DIR.glob("[0-9][0-9]_*.py"))
+LEARNER = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _build():
+    spec = importlib.util.spec_from_file_location("nb_build", NB_DIR / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+build = _build()
 
 
 def cells(nb_path):
     return json.loads(nb_path.read_text(encoding="utf-8"))["cells"]
 
 
+def text_of(cell):
+    return "".join(cell["source"])
+
+
 def test_the_course_is_ordered_and_complete():
-    names = [p.stem for p in NOTEBOOKS]
+    names = [p.stem for p in SOURCES]
     assert [n[:2] for n in names] == [f"{i:02d}" for i in range(1, len(names) + 1)]
     assert len(names) >= 6
+    assert [p.stem for p in LEARNER] == names
+    assert sorted(p.stem for p in (NB_DIR / "solutions").glob("*.ipynb")) == names
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_structure_and_hygiene(nb):
+def test_notebooks_are_built_from_their_sources(capsys):
+    """The learner and solution notebooks are exactly what `python notebooks/build.py` makes of the sources."""
+    assert build.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_the_build_detects_a_stale_notebook(tmp_path, monkeypatch):
+    """The sync check can fail: edit a source and the check names the notebooks to rebuild."""
+    work = tmp_path / "notebooks"
+    (work / "solutions").mkdir(parents=True)
+    src = SOURCES[0]
+    (work / src.name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    for sub in ("", "solutions/"):
+        (work / sub / src.with_suffix(".ipynb").name).write_bytes((NB_DIR / sub / src.with_suffix(".ipynb").name)
+                                                                   .read_bytes())
+    monkeypatch.setattr(build, "NOTEBOOKS", work)
+    monkeypatch.setattr(build, "SOLUTIONS", work / "solutions")
+    assert build.main(["--check"]) == 0
+    (work / src.name).write_text(src.read_text(encoding="utf-8") + "\n# %%\nprint('new cell')\n", encoding="utf-8")
+    assert build.main(["--check"]) == 1
+    assert build.main([]) == 0 and build.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("nb", LEARNER, ids=lambda p: p.stem)
+def test_header_setup_summary_and_hygiene(nb):
     cs = cells(nb)
-    text = "\n".join("".join(c["source"]) for c in cs)
-    assert cs[0]["cell_type"] == "markdown" and "".join(cs[0]["source"]).startswith("# ")
-    assert "What you will learn" in "".join(cs[0]["source"])
+    text = "\n".join(text_of(c) for c in cs)
+    head = text_of(cs[0])
+    assert cs[0]["cell_type"] == "markdown" and head.startswith(f"# {nb.stem[:2]} · ")
+    assert "What you will learn" in head
+    assert re.search(r"\| level \| time \| prerequisites \|", head), "header table: level, time, prerequisites"
+    row = head.split("|---|---|---|")[1].splitlines()[1]
+    level, time, prereq = [c.strip() for c in row.strip("|").split("|")]
+    assert level in ("beginner", "intermediate", "advanced")
+    assert "small mode" in time and "measured" in time and "T4" in time and "estimated" in time
+    assert prereq
+    # the Colab badge points at this very notebook in the one repository setting
+    assert build.badge_line(build.repository(), nb.name) in head
     first_code = next(c for c in cs if c["cell_type"] == "code")
-    assert "bgekit.setup(" in "".join(first_code["source"])  # prints the mode
+    assert "bgekit.setup(" in text_of(first_code)  # prints the mode
+    assert f'REPOSITORY = "{build.repository()}"' in text_of(first_code)
     assert re.search(r"^## Summary", text, re.M)
-    assert "# exercise solution" in text
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in cs if c["cell_type"] == "code")
     assert not re.search(r"sk-[A-Za-z0-9]{20,}|api_key\s*=\s*['\"][^'\"$<{ ]{12,}", text)
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_matches_its_generator(nb, tmp_path, monkeypatch):
-    src = ROOT / "notebooks" / "src" / f"{nb.stem}.py"
-    copy = tmp_path / "notebooks" / "src" / src.name
-    copy.parent.mkdir(parents=True)
-    shutil.copy(src, copy)
-    shutil.copy(src.parent / "_nb.py", copy.parent / "_nb.py")
-    monkeypatch.delitem(sys.modules, "_nb", raising=False)  # import the copy, which writes beside it
-    runpy.run_path(str(copy), run_name="__main__")
-    def content(path):
-        return [(c["cell_type"], "".join(c["source"])) for c in cells(path)]
-
-    fresh = tmp_path / "notebooks" / nb.name
-    assert content(fresh) == content(nb), f"regenerate: python notebooks/src/{src.name}"
-    assert fresh.read_bytes() == nb.read_bytes(), f"same cells, other bytes (ids?): python notebooks/src/{src.name}"
+@pytest.mark.parametrize("nb", LEARNER, ids=lambda p: p.stem)
+def test_exercises_have_a_check_and_no_solution_in_the_learner_notebook(nb):
+    learner = cells(nb)
+    full = cells(NB_DIR / "solutions" / nb.name)
+    solutions = [i for i, c in enumerate(full) if "solution" in c["metadata"].get("tags", [])]
+    assert solutions, "every notebook has at least one exercise with a solution"
+    learner_text = "\n".join(text_of(c) for c in learner)
+    for i in solutions:
+        sol = text_of(full[i])
+        # the solution's code is not in the learner's notebook (not as a cell, not pasted into another)
+        body = [ln for ln in sol.splitlines() if ln.strip() and not ln.lstrip().startswith(("def ", "#", "return"))]
+        assert body and not any(ln in learner_text for ln in body if len(ln.strip()) > 25), sol[:200]
+        # the stub the learner fills in comes before it, and a check follows it
+        assert "todo(" in text_of(full[i - 1]), f"cell before solution {i} should be the learner's stub"
+        assert "with check(" in text_of(full[i + 1]), f"cell after solution {i} should be the exercise check"
+    assert all("solution" not in c["metadata"].get("tags", []) for c in learner)
+    assert len(learner) == len(full) - len(solutions)

@@ -1,0 +1,330 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Hard-negative mining
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/bgekit/bgekit/blob/main/notebooks/04_hard_negative_mining.ipynb)
+#
+# | level | time | prerequisites |
+# |---|---|---|
+# | intermediate | runs in about 26 s in small mode (CI, 2 CPU cores, measured); about 5 min on a Colab T4 in full mode (estimated) | 02 (03 for the reranker guard) |
+#
+# Fine-tuning an embedding model (notebook 05) means showing it a query, a passage that answers it
+# (the *positive*) and passages that do not (the *negatives*), and pulling the first pair together
+# while pushing the others away. Which negatives you pick decides what the model learns. A random
+# passage about repotting is no challenge for a question about watering: the model already tells them
+# apart, so the loss is near zero and nothing is learned. A passage that *looks* relevant but does not
+# answer the question, a **hard negative**, is where the learning is.
+#
+# Hard negatives are mined with the model itself: search the corpus for each training query and take
+# passages from the top of the ranking that are not labelled positive. The catch: "not labelled
+# positive" is not the same as "not relevant". Collections are labelled sparsely, so the top of the
+# ranking holds unlabelled passages that do answer the query: **false negatives**. Training the
+# model to push those away teaches it the wrong thing.
+#
+# **What you will learn**
+# - why random negatives teach little and hard negatives teach a lot (and the scores that show it);
+# - how FlagEmbedding's `hn_mine` works (`range_for_sampling`, `negative_number`, `candidate_pool`)
+#   and how to run it with `bgekit.mine_hard_negatives` or `python -m bgekit.mine`;
+# - how the sampling range changes what gets mined;
+# - how a *false-negative guard* (a margin relative to the positive's score, optionally a
+#   cross-encoder) keeps passages that are nearly positives out of the negatives;
+# - how to inspect a mined file before you train on it.
+
+# %%
+import sys
+
+REPOSITORY = "https://github.com/bgekit/bgekit"  # the course's one repository setting (notebooks/build.py fills it in)
+if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
+    # !test -d /content/bgekit || git clone -q --depth 1 {REPOSITORY} /content/bgekit
+    # %pip install -q -e "/content/bgekit[course]"
+    sys.path.insert(0, "/content/bgekit")
+import bgekit
+
+cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
+
+# %%
+import json
+import textwrap
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import display
+
+from bgekit import mining
+from bgekit.data import course_data_dir, doc_text, load_beir
+from bgekit.mining import HardNegativeMiner, normalize_text
+
+pd.set_option("display.max_colwidth", 120)
+
+
+def short(text, n=110):
+    return textwrap.shorten(text, n, placeholder=" …")
+
+
+# %% [markdown]
+# ## 1 · Training data in FlagEmbedding's format
+#
+# FlagEmbedding (the library BAAI trains BGE with) reads training data as JSON lines, one query per
+# line: `{"query": "...", "pos": ["a passage that answers it", ...], "neg": ["passages that do not", ...]}`.
+# Other keys are allowed and carried along.
+#
+# We build such rows from the **train** split of the course collection: each query with its grade-2
+# passages (those that answer it) as `pos`. The candidate pool to mine from is the whole corpus.
+# `mining.course_train_rows()` does exactly this (it also keeps `query_id` and `pos_ids`, handy later).
+
+# %%
+data = load_beir(course_data_dir(), "train")
+rows, pool = mining.course_train_rows()
+print(f"{len(rows)} training queries, {len(pool)} passages in the pool")
+print(json.dumps({k: (v if k != "pos" else [short(p, 80) for p in v]) for k, v in rows[0].items()}, indent=1))
+
+# grade-1 passages: judged *partly* relevant. We do not train on them as positives, and we would
+# rather not use them as negatives either: they are the false negatives we will try to catch.
+near_pos = [{normalize_text(doc_text(data.corpus[d])) for d, g in data.qrels[r["query_id"]].items() if g == 1}
+            for r in rows]
+print(f"{sum(map(bool, near_pos))} training queries also have grade-1 (partly relevant) passages")
+
+# %% [markdown]
+# ## 2 · Encode once, mine many times
+#
+# `bgekit.mine_hard_negatives(...)` is one call with `hn_mine`'s arguments (there is a CLI too, shown at
+# the end). Here we want to compare several settings, so we use the class underneath it,
+# `HardNegativeMiner`: it encodes the queries (with the model's query instruction, as at search time)
+# and the pool (without) once, builds an exact faiss index, and then `miner.mine(...)` runs in a blink.
+#
+# A note on the instruction: `hn_mine`'s `--query_instruction_for_retrieval` defaults to *none*, and so
+# does ours. For BGE pass the instruction the model was trained with; `enc.query_instruction` holds it
+# (empty for the small model, which has none).
+
+# %%
+enc = bgekit.Encoder(cfg.embedder)
+miner = HardNegativeMiner(enc, rows, pool, query_instruction_for_retrieval=enc.query_instruction)
+miner.positive_scores(0)  # encodes everything on first use
+print(f"encoded {len(rows)} queries and {len(miner.pool)} passages in {miner.encode_seconds:.1f} s")
+
+# %% [markdown]
+# ## 3 · Random negatives versus hard negatives
+#
+# First the baseline: for each query, 7 passages drawn at random from the pool (never its positive).
+# Then mined ones: 7 sampled from ranks 2 to 100 of the query's ranking (after its positives are
+# removed). The histogram shows the similarity of each query to its positive(s) and to its negatives.
+
+# %%
+rng = np.random.default_rng(0)
+random_scores = []
+for i, row in enumerate(rows):
+    banned = {normalize_text(p) for p in row["pos"]} | {normalize_text(row["query"])}
+    allowed = [j for j, t in enumerate(miner.pool) if normalize_text(t) not in banned]
+    picks = rng.choice(allowed, size=7, replace=False)
+    random_scores += list(miner.pool_vecs[picks] @ miner.query_vector(i))
+random_scores = np.array(random_scores)
+
+hard = miner.mine("2-100", 7, seed=42)
+print(hard.summary())
+
+fig, ax = plt.subplots(figsize=(8, 3.5))
+bins = np.linspace(-0.2, 1.0, 49)
+ax.hist(hard.positive_scores, bins, alpha=0.6, label="positives", density=True)
+ax.hist(hard.negative_scores, bins, alpha=0.6, label="mined negatives (ranks 2-100)", density=True)
+ax.hist(random_scores, bins, alpha=0.6, label="random negatives", density=True)
+ax.set_xlabel("cosine similarity to the query"); ax.set_ylabel("density"); ax.legend()
+ax.set_title("Random negatives are easy; mined ones sit close to the positives")
+plt.show()
+
+# %% [markdown]
+# Random negatives sit far below the positives: the model already ranks them low, so a contrastive
+# loss over them is close to zero. The mined negatives overlap the positives: those are the pairs the
+# model still confuses, and the ones fine-tuning can fix. Look at a few rows:
+
+# %%
+for i in (0, 1, 2):
+    row = hard.output_rows[i]
+    print("QUERY   ", row["query"])
+    print("POSITIVE", short(row["pos"][0]))
+    for t in row["neg"][:3]:
+        print("  neg   ", short(t))
+    print()
+
+
+# %% [markdown]
+# ## 4 · The sampling range
+#
+# `range_for_sampling="a-b"` says which ranks to sample from (0 = the most similar passage that is not a
+# positive). FlagEmbedding's default is `10-210`, for corpora of millions of passages. The start `a`
+# skips the very top, where false negatives concentrate; the end `b` bounds how easy the negatives may
+# get. Our corpus holds only a few hundred passages, so we compare smaller ranges. Since the course
+# collection also labels *partly relevant* (grade-1) passages, we can count how many of those, real
+# near-positives, each setting would have trained the model to push away.
+
+# %%
+def grade1_mined(report):
+    return sum(normalize_text(t) in near_pos[i] for i, row in enumerate(report.output_rows) for t in row["neg"])
+
+table = []
+for r in ["0-30", "2-50", "10-100", "50-200"]:
+    rep = miner.mine(r, 7, seed=42)
+    table.append({"range": r, "mean negative score": rep.negative_scores.mean(),
+                  "grade-1 passages mined as negatives": grade1_mined(rep), "padded rows": rep.padded_rows})
+display(pd.DataFrame(table).round(3))
+
+ranks = []
+for i in range(len(rows)):
+    cand, _ = miner.ranked_candidates(i, 200)
+    ranks += [k for k, p in enumerate(cand) if normalize_text(miner.pool[p]) in near_pos[i]]
+fig, ax = plt.subplots(figsize=(8, 2.8))
+ax.hist(ranks, bins=np.arange(0, 201, 5))
+ax.set_xlabel("rank among the query's candidates (positives removed)"); ax.set_ylabel("grade-1 passages")
+ax.set_title("Partly relevant passages crowd the top ranks")
+plt.show()
+
+# %% [markdown]
+# The earlier the range starts, the harder the negatives, and the more near-positives slip in. Starting
+# later is the blunt fix: it also throws away the hardest *true* negatives. A guard is the finer one.
+#
+# ## 5 · A false-negative guard
+#
+# FlagEmbedding's `hn_mine` has no protection against false negatives. `bgekit` adds two, both optional:
+#
+# - **margin** (relative): drop a candidate whose score is at least `(1 - margin) ×` the query's positive
+#   score. When a query has several positives we use the *lowest* positive score (`margin_reference="min"`):
+#   a passage the model rates as high as a known answer may well be one. (NV-Retriever calls this
+#   "positive-aware" mining.)
+# - **reranker**: a cross-encoder reads each (query, candidate) pair and drops those it scores above
+#   `reranker_threshold` (a probability). Slower, but much better at telling "answers it" from "is about it".
+#
+# Each dropped candidate is kept in `report.dropped` so you can see what the guard did.
+
+# %%
+table = []
+for margin in [None, 0.05, 0.1, 0.2]:
+    rep = miner.mine("2-100", 7, seed=42, margin=margin)
+    caught = sum(normalize_text(d["text"]) in near_pos[d["row"]] for d in rep.dropped)
+    table.append({"margin": margin, "candidates dropped": rep.dropped_by_margin,
+                  "of which grade-1": caught, "grade-1 mined as negatives": grade1_mined(rep),
+                  "padded rows": rep.padded_rows, "mean negative score": rep.negative_scores.mean()})
+display(pd.DataFrame(table).round(3))
+
+# %% [markdown]
+# Examples of grade-1 passages the 5% margin caught: each would otherwise have been trained on as a
+# negative.
+
+# %%
+guarded = miner.mine(mining.COURSE_RANGE, mining.COURSE_NEGATIVE_NUMBER, seed=mining.COURSE_SEED,
+                     margin=mining.COURSE_MARGIN)
+caught = [d for d in guarded.dropped if normalize_text(d["text"]) in near_pos[d["row"]]]
+display(pd.DataFrame([{"query": d["query"], "caught passage": short(d["text"], 100), "rank": d["rank"],
+                       "score": round(d["score"], 3), "positive score": round(d["positive_score"], 3)}
+                      for d in caught[:6]]))
+
+# %% [markdown]
+# The margin also drops many candidates that are *not* labelled relevant at all. With a small model,
+# plenty of passages score above the positive: some are unlabelled answers (false negatives, rightly
+# dropped), others are the hardest negatives there are, the model's real mistakes (a loss for training).
+# A margin cannot tell them apart, which is why `padded rows` grows with it: keep it small
+# (0.05 is a common choice). In full mode a cross-encoder gives the second opinion:
+
+# %%
+if cfg.reranker is not None:   # full mode: the real BGE reranker
+    from bgekit.reranker import Reranker
+
+    reranker = Reranker(cfg.reranker)
+    checked = miner.mine(mining.COURSE_RANGE, mining.COURSE_NEGATIVE_NUMBER, seed=mining.COURSE_SEED,
+                         margin=mining.COURSE_MARGIN, reranker=reranker, reranker_threshold=0.5)
+    print(checked.summary())
+    display(pd.DataFrame([{"query": d["query"], "dropped": short(d["text"], 100),
+                           "reranker": round(d["reranker_score"], 3)}
+                          for d in checked.dropped if d["reason"] == "reranker"][:6]))
+else:
+    print("small mode: no pretrained cross-encoder offline; pass reranker=... (e.g. the one from notebook 03) "
+          "to mine_hard_negatives to use this guard")
+
+
+# %% [markdown]
+# ## 6 · Exercise: re-derive the margin guard
+#
+# Using only `miner.ranked_candidates(i, k)` (pool positions and scores of row `i`'s candidates, best
+# first, positives and query removed) and `miner.positive_scores(i)`, count how many candidates in
+# ranks `2-100` the 5% margin removes, over all rows. It must equal the number of in-range drops
+# `bgekit` reports (drops among the random padding candidates have `rank=None` and do not count).
+
+# %% [markdown]
+# *Hint:* a candidate is dropped when its score is at least `(1 - margin)` times the row's *lowest* positive score.
+
+# %%
+from bgekit.exercises import check, todo
+
+
+def count_margin_drops(miner, a, b, margin):
+    """How many candidates in ranks a..b (0-based slice a:b) the margin guard removes, over all rows."""
+    todo("count_margin_drops(miner, a, b, margin)")
+
+
+# %% tags=["solution"]
+def count_margin_drops(miner, a, b, margin):
+    total = 0
+    for i in range(len(miner.rows)):
+        _, scores = miner.ranked_candidates(i, b)
+        threshold = (1 - margin) * miner.positive_scores(i).min()
+        total += sum(s >= threshold for s in scores[a:b])
+    return total
+
+
+# %%
+with check("re-derive the margin guard"):
+    mine_count = count_margin_drops(miner, 2, 100, 0.05)
+    reported = sum(d["reason"] == "margin" and d["rank"] is not None for d in guarded.dropped)
+    print("yours:", mine_count, "| bgekit's report:", reported)
+    assert mine_count == reported, "the count should match bgekit's report"
+
+# %% [markdown]
+# ## 7 · Save the mined file for notebook 05
+#
+# Notebook 05 fine-tunes on `train_mined.jsonl` in the work folder. The settings above are the course's
+# defaults, so `mining.mine_course_train_split(cfg.embedder, path)` (what notebook 05 calls when the file
+# is missing) writes the very same file.
+
+# %%
+out = cfg.work_dir / "train_mined.jsonl"
+final = miner.mine(mining.COURSE_RANGE, mining.COURSE_NEGATIVE_NUMBER, seed=mining.COURSE_SEED,
+                   margin=mining.COURSE_MARGIN, output_file=out)
+print(final.summary())
+first = json.loads(out.read_text().splitlines()[0])
+print(sorted(first), len(first["neg"]), "negatives in the first row")
+
+# %% [markdown]
+# The same from a terminal, with FlagEmbedding's argument names (plus the guard):
+#
+# ```bash
+# python -m bgekit.mine --model_name_or_path BAAI/bge-large-en-v1.5 \
+#     --input_file train.jsonl --output_file train_mined.jsonl \
+#     --candidate_pool corpus_texts.jsonl --range_for_sampling 2-200 --negative_number 15 \
+#     --query_instruction_for_retrieval "Represent this sentence for searching relevant passages: " \
+#     --margin 0.05
+# ```
+#
+# ## Summary
+#
+# - Random negatives are easy and teach little; hard negatives, mined with the model itself, sit close
+#   to the positives and carry the training signal.
+# - Mining = encode queries (with the instruction) and the pool, search, remove each query's positives
+#   and the query itself, sample `negative_number` from ranks `a-b`, pad at random when short.
+#   `bgekit.mine_hard_negatives` / `python -m bgekit.mine` take `hn_mine`'s arguments and JSONL.
+# - The top ranks hold unlabelled near-positives (false negatives). Starting the range later avoids many
+#   of them; a relative **margin** to the positive's score and a **cross-encoder** catch more. Watch the
+#   report: rows padded, candidates dropped, and the score histograms.
+# - Always look at a few mined rows before training on them.
+#
+# Next: notebook 05 fine-tunes the embedder on `train_mined.jsonl`.

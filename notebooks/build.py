@@ -1,0 +1,166 @@
+"""Build the course notebooks from their jupytext sources, or check that they are current.
+
+Each notebook is written once, as a jupytext ``py:percent`` file ``notebooks/NN_name.py`` (real code cells that
+an editor, a linter and JupyterLab with jupytext can open). This script turns every source into two notebooks,
+outputs stripped, cell ids taken from the cell's text (so rebuilding changes only the cells you edited):
+
+* ``notebooks/NN_name.ipynb``: the **learner's notebook**: every cell tagged ``solution`` is left out, so an
+  exercise shows its task, a hint and its check, and the learner writes the answer;
+* ``notebooks/solutions/NN_name.ipynb``: the whole notebook, solutions included. This is the copy that CI runs
+  (``pytest --nbmake notebooks/solutions``), so every solution passes its check on every commit.
+
+It also fills in, from the one repository setting (``[project.urls] Repository`` in ``pyproject.toml``), the Colab
+badge of each notebook's header and the repository the setup cell clones on Colab. To publish the course from a
+fork, change that one line and run this script.
+
+    python notebooks/build.py            # rebuild every notebook (and rewrite stale badges/setup cells in the sources)
+    python notebooks/build.py --check    # exit 1 and name every notebook that is out of date
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import tomllib
+
+NOTEBOOKS = Path(__file__).resolve().parent
+ROOT = NOTEBOOKS.parent
+SOLUTIONS = NOTEBOOKS / "solutions"
+SOLUTION_TAG = "solution"
+BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def repository() -> str:
+    """The repository the course is published from (one setting: ``[project.urls] Repository``)."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    url = meta["project"]["urls"]["Repository"].rstrip("/")
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        raise SystemExit(f"pyproject.toml [project.urls] Repository must be https://github.com/OWNER/NAME, got {url!r}")
+    return url
+
+
+def colab_url(repo: str, name: str, branch: str = "main") -> str:
+    """The 'Open in Colab' address of learner notebook ``name`` (e.g. ``01_embeddings.ipynb``)."""
+    owner_repo = repo.removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{branch}/notebooks/{name}"
+
+
+def badge_line(repo: str, name: str) -> str:
+    return f"[![Open In Colab]({BADGE})]({colab_url(repo, name)})"
+
+
+def sources() -> list[Path]:
+    return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+#: The first code cell of every notebook, in py:percent form (jupytext comments out `!` and `%` magics in a
+#: .py file and restores them in the .ipynb). Edit it here only: the build writes it into every source.
+SETUP_CELL = """# %%
+import sys
+
+REPOSITORY = "{repo}"  # the course's one repository setting (notebooks/build.py fills it in)
+if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
+    # !test -d /content/bgekit || git clone -q --depth 1 {{REPOSITORY}} /content/bgekit
+    # %pip install -q -e "/content/bgekit[course]"
+    sys.path.insert(0, "/content/bgekit")
+import bgekit
+
+cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
+"""
+
+
+def _fill_settings(text: str, repo: str, name: str) -> str:
+    """Set the badge and the setup cell from the one setting and SETUP_CELL (idempotent)."""
+    text = re.sub(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)", lambda _: badge_line(repo, name), text)
+    at = text.find("bgekit.setup(")
+    if at < 0:
+        raise SystemExit(f"{name}: no setup cell (a code cell calling bgekit.setup(...))")
+    start = text.rfind("# %%", 0, at)
+    end = text.find("\n# %%", at)
+    end = len(text) if end < 0 else end + 1
+    return text[:start] + SETUP_CELL.format(repo=repo) + "\n" + text[end:]
+
+
+def _with_ids(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    seen: set[str] = set()
+    for cell in nb.cells:
+        base = hashlib.sha1(cell.source.encode()).hexdigest()[:8]
+        cid, n = base, 1
+        while cid in seen:
+            cid, n = f"{base}-{n}", n + 1
+        seen.add(cid)
+        cell.id = cid
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def render(source: Path, repo: str) -> tuple[str, dict[Path, str]]:
+    """The source text with settings filled in, and the text of each notebook built from it."""
+    name = source.with_suffix(".ipynb").name
+    text = _fill_settings(source.read_text(encoding="utf-8"), repo, name)
+    full = jupytext.reads(text, fmt="py:percent")
+    full.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+    }
+    full.nbformat, full.nbformat_minor = 4, 5
+    learner = nbformat.from_dict(dict(full))
+    learner.cells = [c for c in full.cells if SOLUTION_TAG not in c.get("metadata", {}).get("tags", [])]
+    out = {}
+    for path, nb in ((SOLUTIONS / name, full), (NOTEBOOKS / name, learner)):
+        nb = _with_ids(nbformat.from_dict(dict(nb)))
+        nbformat.validate(nb)
+        out[path] = nbformat.writes(nb) + "\n"
+    return text, out
+
+
+def _rel(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if any notebook is out of date")
+    args = ap.parse_args(argv)
+    repo = repository()
+    stale = []
+    SOLUTIONS.mkdir(exist_ok=True)
+    for src in sources():
+        text, built = render(src, repo)
+        targets = {src: text, **built}
+        for path, want in targets.items():
+            have = path.read_text(encoding="utf-8") if path.exists() else None
+            if have != want:
+                stale.append(_rel(path))
+                if not args.check:
+                    _write(path, want)
+    expected = {p.with_suffix(".ipynb").name for p in sources()}
+    orphans = [p for d in (NOTEBOOKS, SOLUTIONS) for p in d.glob("[0-9][0-9]_*.ipynb") if p.name not in expected]
+    for p in orphans:
+        stale.append(_rel(p))
+        if not args.check:
+            p.unlink()
+    if args.check:
+        if stale:
+            print("out of date (run: python notebooks/build.py):", *stale, sep="\n  ")
+            return 1
+        print(f"{len(sources())} notebooks up to date")
+        return 0
+    print(f"built {len(sources())} notebooks; rewrote {len(stale)} file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
