@@ -1,7 +1,7 @@
 """bgekit: the companion package of the BGE embedding course.
 
 >>> import bgekit
->>> cfg = bgekit.setup()                        # doctest: +SKIP  (prints mode, device, versions)
+>>> cfg = bgekit.setup()                        # prints mode, device, versions  # doctest: +SKIP
 >>> enc = bgekit.Encoder(cfg.embedder)          # doctest: +SKIP
 >>> vecs = enc.encode_corpus(["Water when the top inch of soil is dry."])  # doctest: +SKIP
 
