@@ -528,10 +528,10 @@ print(f"embedded {len(articles)} whole articles in {time.perf_counter() - t:.1f}
 # **Chunks.** `bgekit.chunking.chunk_corpus` cuts every article into windows of at most `max_tokens` tokens, each
 # window sharing `overlap` tokens with the previous one (windows end on word boundaries), so that a sentence cut at
 # a border is whole in the next window. Each chunk is embedded as a passage of its own; the article's score for a
-# query is its **best chunk's** score (`max_over_chunks`, called *MaxP* by Dai and Callan, arXiv:1905.09217, who
-# found it the best of the simple ways to score a long document by its passages). We compare three window sizes,
-# without and with a 25% overlap, and two references: the whole article (truncated), and the article's own
-# paragraphs, which are the original passages (already embedded in section 3): chunking by the document's structure.
+# query is its **best chunk's** score (`max_over_chunks`; *MaxP* in Dai and Callan, arXiv:1905.09217, who compared
+# it with scoring by the first passage or the sum of all). We compare three window sizes (four in full mode), without
+# and with a 25% overlap, and two references: the whole article (truncated), and the article's own paragraphs, which
+# are the original passages (already embedded in section 3): chunking by the document's structure.
 
 # %%
 sizes = [64, 128, limit - 2] if cfg.small else [64, 128, 256, limit - 2]   # limit - 2: room for [CLS] and [SEP]
