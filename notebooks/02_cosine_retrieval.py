@@ -18,11 +18,12 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | beginner | runs in about 28 s in small mode (CI, 2 CPU cores, measured); about 5 min on a Colab T4 in full mode (estimated) | 01 |
+# | beginner | runs in about 2 min in small mode on 2 CPU cores (estimated: 28 s measured in CI before section 7 was added; section 7 embeds the long documents seven times, each about the size of the corpus); about 7 min on a Colab T4 in full mode (estimated) | 01 |
 #
 # Notebook 01 turned text into vectors. Here we use those vectors to **search**: embed a few hundred
 # passages about growing plants at home, put them in an index, ask questions in everyday words, and
-# then measure how good the answers are with the numbers the field publishes (nDCG@10, recall@100).
+# then measure how good the answers are with the numbers the field publishes (nDCG@10, recall@100), defined in
+# section 5.
 # We compare the embedding model with the classic keyword method, BM25, and with a fusion of both,
 # and finish with what changes when the collection grows from hundreds to millions of passages.
 #
@@ -31,9 +32,12 @@
 #   (and why that makes search a matrix product);
 # - how to build a dense index over a corpus with `bgekit` and faiss, and search it;
 # - how BM25 (keywords) and reciprocal-rank fusion (hybrid search) work, and when each wins;
-# - how to evaluate retrieval on a test split: nDCG@10, recall@k, MRR@10, and a recall@k curve;
+# - what nDCG@10, MAP, P@1, recall@k and MRR measure (formulas and a worked example), and how to evaluate retrieval
+#   on a test split with them, per query and on average;
 # - exact versus approximate search (HNSW): the recall/latency trade-off, and what to do when a corpus
-#   outgrows one machine.
+#   outgrows one machine;
+# - what the encoder's token limit does to long documents, and how chunking (size, overlap, best-chunk scoring)
+#   fixes it.
 
 # %%
 import sys
@@ -100,7 +104,7 @@ assert np.allclose(cosine, inner, atol=1e-6)
 assert np.allclose(encoder.encode(texts), unit, atol=1e-5)   # Encoder normalises for us by default
 
 # %% [markdown]
-# The difference is float32 rounding (around $10^{-7}$). Without normalising, an inner product would
+# The difference is float32 rounding (the printed value, of the order of $10^{-7}$, float32's precision). Without normalising, an inner product would
 # also reward *long* vectors, whatever their direction. A 2-D picture makes the point: $d_2$ has the
 # larger inner product with the query only because it is long; cosine, which looks at the angle,
 # prefers $d_1$.
@@ -197,7 +201,9 @@ for question in questions:
 #
 # $$\text{RRF}(d) = \sum_{\text{retrievers } r} \frac{1}{k + \text{rank}_r(d)}, \qquad k = 60.$$
 #
-# A passage ranked high by either retriever gets a large contribution; one ranked high by both wins.
+# A passage ranked high by either retriever gets a large contribution; one ranked high by both wins. ($k = 60$ is
+# the constant of the paper that introduced RRF, Cormack, Clarke and Büttcher, SIGIR 2009; it damps the
+# difference between the very first ranks.)
 
 # %%
 t = time.perf_counter()
@@ -214,17 +220,54 @@ display(pd.concat({name: show(r, question, k=5)[["id", "score"]] for name, r in
 # ## 5. Evaluation on the test split
 #
 # Every test query has judged passages (relevance 2 = answers it, 1 = partly). We retrieve the top 100
-# passages for each query (a **run**) and score the run against the judgements (the **qrels**):
+# passages for each query (a **run**) and score the run against the judgements (the **qrels**). Each metric
+# looks at one query's ranked list, best first; the figure reported is the mean over the test queries. Write
+# $\text{rel}_r$ for the grade of the passage at rank $r$ (0 when it is not judged), $R$ for the query's
+# relevant passages (grade $\geq 1$), and $r_1$ for the rank of the first relevant passage.
 #
-# - **nDCG@10**: the quality of the first page of results, with graded relevance and a discount for
-#   lower ranks; 1.0 = the ideal order. The headline number of BEIR and MTEB.
-# - **recall@k**: the share of a query's relevant passages found in the top k. Recall@100 tells how
-#   much a reranker (notebook 03) looking at the top 100 could still recover.
-# - **MRR@10**: 1 / rank of the first relevant passage (0 if none in the top 10).
+# | metric | formula (one query) | what it answers |
+# |---|---|---|
+# | **P@1** (precision@1) | 1 if the top passage is relevant, else 0 (precision@$k$ = relevant in the top $k$ / $k$) | is the first answer right? |
+# | **MRR@10** | $1 / r_1$ if $r_1 \leq 10$, else 0 (mean *reciprocal rank*) | how soon does the first relevant passage come? |
+# | **recall@$k$** | relevant passages in the top $k$ / $\lvert R \rvert$ | how much of what exists was found? |
+# | **MAP@10** | $\frac{1}{\lvert R \rvert} \sum_{r \leq 10,\ \text{rel}_r \geq 1} \text{P@}r$ (mean *average precision*) | are *all* the relevant passages near the top? |
+# | **nDCG@10** | $\text{DCG@10} / \text{IDCG@10}$, with $\text{DCG@10} = \sum_{r=1}^{10} \frac{\text{rel}_r}{\log_2(r + 1)}$ and IDCG@10 the DCG@10 of the ideal order (the query's grades sorted high to low) | the first page's quality, with graded relevance and a discount for lower ranks; 1.0 = the ideal order |
 #
-# These follow `trec_eval` (tested against `pytrec_eval`), and the evaluation follows MTEB's
-# conventions, so `python -m bgekit eval --data scifact --model BAAI/bge-large-en-v1.5` reproduces the
-# published SciFact nDCG@10 of 0.746.
+# nDCG@10 is the headline number of BEIR and MTEB; recall@100 tells how much a reranker (notebook 03) looking at
+# the top 100 could still recover.
+#
+# **A worked example.** One query has three relevant passages, `a` (grade 2), `b` (grade 1) and `c` (grade 2).
+# A run ranks `x`, `a`, `y`, `b` first (`x` and `y` not relevant), then six more irrelevant ones, and `c` only at
+# rank 12. By hand:
+#
+# - P@1 = 0 (`x` is not relevant); MRR@10 = 1/2 = 0.5 (first relevant at rank 2);
+# - recall@10 = 2/3 = 0.667 (`c` is missing from the top 10); recall@100 = 3/3 = 1.0;
+# - MAP@10 = (P@2 + P@4) / 3 = (1/2 + 2/4) / 3 = 0.333 (`c` counts in the denominator though it was not found);
+# - DCG@10 = 2/log2(3) + 1/log2(5) = 1.262 + 0.431 = 1.693; the ideal order `a`, `c`, `b` gives
+#   IDCG@10 = 2/log2(2) + 2/log2(3) + 1/log2(4) = 2 + 1.262 + 0.5 = 3.762; nDCG@10 = 1.693 / 3.762 = 0.450.
+#
+# The cell below asks `bgekit.metrics.evaluate` for the same numbers. `bgekit.metrics` follows `trec_eval`'s
+# definitions and is tested against `pytrec_eval` to 1e-9 (`tests/test_metrics.py`).
+
+# %%
+toy_run = {"toy": {d: 20.0 - r for r, d in enumerate(["x", "a", "y", "b", "n1", "n2", "n3", "n4", "n5", "n6", "n7",
+                                                         "c"], start=1)}}
+toy_qrels = {"toy": {"a": 2, "b": 1, "c": 2}}
+toy = evaluate(toy_run, toy_qrels, ks=(1, 10, 100), metrics=("precision", "mrr", "recall", "map", "ndcg"))
+by_hand = {"precision@1": 0.0, "mrr@10": 0.5, "recall@10": 2 / 3, "recall@100": 1.0, "map@10": 1 / 3,
+           "ndcg@10": 1.6925 / 3.7619}
+for key, want in by_hand.items():
+    print(f"{key:12s} bgekit {toy[key]:.4f}   by hand {want:.4f}")
+    assert abs(toy[key] - want) < 1e-4, key
+
+# %% [markdown]
+# Now the real thing: the three methods on the test split. The metrics follow `trec_eval`, and the evaluation
+# follows MTEB's conventions (queries with the model's instruction, `title + " " + text` passages, top 100), so the
+# same code scores public benchmarks. For example, the model card of `BAAI/bge-large-en-v1.5` reports nDCG@10 =
+# 0.746 on the BEIR dataset SciFact (its MTEB results, `ndcg_at_10: 74.607`). That is BAAI's published figure; this
+# course has not run it. To check it yourself on a GPU, download SciFact in BEIR format and run
+# `python -m bgekit eval --data scifact --model BAAI/bge-large-en-v1.5 --methods dense` (the commands are in
+# `python -m bgekit eval --help`).
 
 # %%
 K = 100
@@ -282,11 +325,32 @@ for label, q in [("dense wins most", max(diff, key=diff.get)), ("BM25 wins most"
           f"relevant passage: {data.corpus[best]['title']!r}")
 
 # %% [markdown]
+# One dot per test query: its nDCG@10 with BM25 (x) and with the embedding model (y). Dots above the diagonal are
+# queries the embedding model ranks better, below it the ones BM25 ranks better; the dots on the corners are queries
+# one method answers perfectly and the other misses entirely, which is exactly what fusion exploits. (Dots are
+# jittered a little so that equal values do not hide each other.)
+
+# %%
+qs = sorted(per_query["dense"])
+x = np.array([per_query["BM25"][q] for q in qs])
+y = np.array([per_query["dense"][q] for q in qs])
+jitter = np.random.default_rng(cfg.seed).uniform(-0.012, 0.012, size=(2, len(qs)))
+fig, ax = plt.subplots(figsize=(4.8, 4.6))
+ax.scatter(x + jitter[0], y + jitter[1], s=14, alpha=0.5, c=np.sign(y - x), cmap="coolwarm_r", vmin=-1, vmax=1)
+ax.plot([0, 1], [0, 1], c="gray", lw=1, ls="--")
+ax.text(0.03, 0.95, f"dense better: {int((y > x).sum())}", fontsize=9, va="top")
+ax.text(0.97, 0.05, f"BM25 better: {int((y < x).sum())}", fontsize=9, ha="right")
+ax.set_xlabel("BM25 nDCG@10 (per query)"); ax.set_ylabel("dense nDCG@10 (per query)")
+ax.set_xlim(-0.05, 1.05); ax.set_ylim(-0.05, 1.05); ax.set_aspect("equal")
+ax.set_title(f"per-query nDCG@10, {len(qs)} test queries")
+plt.tight_layout(); plt.show()
+
+# %% [markdown]
 # ## 6. Exact versus approximate search
 #
 # Exact ("flat") search compares the query with **every** vector: $n \times d$ multiply-adds per query.
-# For this corpus that is nothing. At 10 million passages of dimension 1024 it is 10 billion
-# multiply-adds per query and 41 GB of float32 vectors. **Approximate nearest-neighbour** (ANN)
+# For this corpus that is nothing. At 10 million passages of dimension 1024 it is $10^7 \times 1024 \approx$ 10 billion
+# multiply-adds per query and $10^7 \times 1024 \times 4$ bytes = 41 GB of float32 vectors (arithmetic, not a measurement). **Approximate nearest-neighbour** (ANN)
 # indexes give up a little recall for a lot of speed:
 #
 # - **HNSW** (`DenseIndex(dim, kind="hnsw", m=..., ef_construction=..., ef_search=...)`) links each
@@ -338,6 +402,8 @@ for ef in (10, 16, 32, 64, 128, 256):
                  "speed-up vs exact": round(flat_ms / ms, 1)})
 ann = pd.DataFrame(rows)
 display(ann)
+enough = ann[ann["recall@10"] >= 0.95]
+print("smallest ef_search with recall@10 >= 0.95:", int(enough["ef_search"].iloc[0]) if len(enough) else "none tried")
 
 # %%
 fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -355,9 +421,10 @@ ax.legend(loc="lower right")
 plt.show()
 
 # %% [markdown]
-# Small `ef_search` is fast but misses true neighbours; from `ef_search` of about 100 the graph search
-# finds nearly all of them, still faster than scanning everything, and the gap grows with the corpus
-# (exact search is linear in $n$, HNSW roughly logarithmic). Timings on a busy laptop or CI runner are
+# Small `ef_search` is fast but misses true neighbours; a larger one finds nearly all of them (the line under
+# the table names the smallest `ef_search` tried that reaches 95% recall@10 here), still faster than scanning
+# everything, and the gap grows with the corpus: exact search is linear in $n$, while HNSW's search cost grows
+# roughly logarithmically (Malkov and Yashunin, arXiv:1603.09320). Timings on a busy laptop or CI runner are
 # noisy; the shape of the curve is what to take away.
 #
 # ### When a corpus outgrows one machine
@@ -374,8 +441,8 @@ plt.show()
 #   pgvector): they run the ANN indexes above and add what a service needs: sharding, replication,
 #   inserts and deletes, metadata filters, often hybrid BM25 + dense search.
 #
-# A rule of thumb: flat search up to about a million vectors, HNSW or IVF in RAM up to tens of millions,
-# compressed (PQ) and/or sharded beyond that.
+# A rule of thumb (practitioners' lore, not measured in this course): flat search up to about a million vectors,
+# HNSW or IVF in RAM up to tens of millions, compressed (PQ) and/or sharded beyond that.
 
 # %%
 # scatter-gather: 4 shards, each searched on its own, top-10 lists merged = the exact global top 10
@@ -393,10 +460,165 @@ print(f"queries whose merged top 10 equals the single-index top 10: {same:.0%}")
 assert same == 1.0
 
 # %% [markdown]
+# ## 7. Long documents: the token limit and chunking
+#
+# An encoder reads a bounded number of tokens per text: 512 for the BGE v1.5 models (their model cards' "Sequence
+# Length"; `[CLS]` and `[SEP]` count), 256 for the bundled all-MiniLM-L6-v2 (sentence-transformers' setting for it,
+# `max_seq_length` in the model folder). Everything after the limit is **cut off**: the vector describes the
+# beginning of the document only, and a question answered on page two cannot find it. The course passages are short
+# (62-106 words, `data/README.md`), so nothing above hit the limit. Real documents (manuals, articles, web pages)
+# are longer, and how to cut them up is the first decision of every RAG system.
+#
+# To measure it on data with known answers, we make long documents out of the course's own passages: the passages
+# of one topic (watering, pests, tomatoes, ...; the topic is recorded in `data/source/`) are joined, in corpus order,
+# into "articles" of about eight paragraphs, each paragraph starting with its passage's title. A test query's
+# relevant articles are those that contain one of its relevant passages, with that passage's grade.
+# `bgekit.chunking.build_long_documents` does the bookkeeping and remembers where each passage landed.
+
+# %%
+import collections
+import json
+
+from bgekit.chunking import build_long_documents, chunk_corpus, max_over_chunks
+from bgekit.data import doc_text
+
+topic_of = {}
+for path in sorted((cfg.data_dir / "source").glob("passages_*.jsonl")):
+    for line in open(path, encoding="utf-8"):
+        rec = json.loads(line)
+        topic_of[rec["title"], rec["text"]] = rec["topic"]
+by_topic = collections.defaultdict(list)
+for pid, doc in data.corpus.items():
+    by_topic[topic_of[doc["title"], doc["text"]]].append(pid)
+groups = []
+for topic, pids in sorted(by_topic.items()):
+    parts = np.array_split(pids, max(1, round(len(pids) / 8)))           # about 8 passages per article
+    groups += [(f"{topic} {i}", f"{topic.capitalize()}, part {i}", [str(p) for p in part])
+               for i, part in enumerate(parts, start=1)]
+articles, article_qrels, where = build_long_documents(data.corpus, data.qrels, groups)
+article_queries = {q: data.queries[q] for q in article_qrels}
+
+tok = encoder.tokenizer
+limit = encoder.max_length                        # what the encoder reads, special tokens included
+n_tokens = np.array([len(tok(doc_text(a), verbose=False)["input_ids"]) for a in articles.values()])
+unread = np.clip(n_tokens - limit, 0, None).sum() / n_tokens.sum()
+print(f"{len(articles)} articles from {len(data.corpus)} passages; {len(article_queries)} test queries")
+print(f"article length in tokens: median {np.median(n_tokens):.0f}, max {n_tokens.max()}; "
+      f"{np.mean(n_tokens > limit):.0%} are longer than the {limit} tokens {MODEL} reads; "
+      f"{unread:.0%} of all article tokens would never be read")
+
+fig, ax = plt.subplots(figsize=(6.5, 3.2))
+ax.hist(n_tokens, bins=30, color="tab:gray")
+ax.axvline(limit, c="tab:red", lw=2, label=f"the encoder's limit: {limit} tokens")
+ax.set_xlabel("article length (tokens)"); ax.set_ylabel("articles"); ax.legend()
+ax.set_title("the long documents: most do not fit")
+plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# **Whole articles, truncated.** Embedding each article as one text is what happens when nobody chunks. `Encoder`
+# cuts every text at the limit and logs how many it cut (the `truncated` line below): a warning worth reading.
+
+# %%
+t = time.perf_counter()
+whole = DenseRetriever(encoder, articles)          # no cache: we want to see the encoder's warning
+run_whole = whole.run(article_queries, k=10)
+print(f"embedded {len(articles)} whole articles in {time.perf_counter() - t:.1f} s")
+
+# %% [markdown]
+# **Chunks.** `bgekit.chunking.chunk_corpus` cuts every article into windows of at most `max_tokens` tokens, each
+# window sharing `overlap` tokens with the previous one (windows end on word boundaries), so that a sentence cut at
+# a border is whole in the next window. Each chunk is embedded as a passage of its own; the article's score for a
+# query is its **best chunk's** score (`max_over_chunks`; *MaxP* in Dai and Callan, arXiv:1905.09217, who compared
+# it with scoring by the first passage or the sum of all). We compare three window sizes (four in full mode), without
+# and with a 25% overlap, and two references: the whole article (truncated), and the article's own paragraphs, which
+# are the original passages (already embedded in section 3): chunking by the document's structure.
+
+# %%
+sizes = [64, 128, limit - 2] if cfg.small else [64, 128, 256, limit - 2]   # limit - 2: room for [CLS] and [SEP]
+chunk_results, n_chunks = {}, {}
+t = time.perf_counter()
+for size in sizes:
+    for overlap in (0, size // 4):
+        chunks, parent = chunk_corpus(articles, tok, max_tokens=size, overlap=overlap)
+        chunk_index = DenseRetriever(encoder, chunks, cache_dir=cfg.work_dir / "embeddings", show_progress=False)
+        run = max_over_chunks(chunk_index.run(article_queries, k=100), parent, k=10)
+        chunk_results[size, overlap] = evaluate(run, article_qrels, ks=(10,), metrics=("ndcg",))["ndcg@10"]
+        n_chunks[size, overlap] = len(chunks)
+print(f"embedded and searched {len(chunk_results)} chunkings in {time.perf_counter() - t:.1f} s")
+
+paragraph_of = {pid: doc for pid, (doc, _) in where.items()}
+run_paragraphs = max_over_chunks(dense.run(article_queries, k=100), paragraph_of, k=10)
+reference = {"whole article (truncated)": evaluate(run_whole, article_qrels, ks=(10,), metrics=("ndcg",))["ndcg@10"],
+             "paragraphs (the passages)": evaluate(run_paragraphs, article_qrels, ks=(10,), metrics=("ndcg",))["ndcg@10"]}
+table = pd.DataFrame([{"chunking": f"{s} tokens, overlap {o}", "chunks": n_chunks[s, o], "nDCG@10": round(v, 4)}
+                      for (s, o), v in chunk_results.items()]
+                     + [{"chunking": k, "chunks": len(articles) if k.startswith("whole") else len(where),
+                         "nDCG@10": round(v, 4)} for k, v in reference.items()])
+display(table)
+
+fig, ax = plt.subplots(figsize=(6.5, 4))
+for overlap_share, style in [(0, "o-"), (4, "s--")]:
+    ys = [chunk_results[s, s // overlap_share if overlap_share else 0] for s in sizes]
+    ax.plot(sizes, ys, style, lw=2, label="chunks, no overlap" if not overlap_share else "chunks, 25% overlap")
+for (name, v), c in zip(reference.items(), ["tab:red", "tab:green"]):
+    ax.axhline(v, c=c, ls=":", lw=2, label=name)
+ax.set_xscale("log", base=2); ax.set_xticks(sizes, [str(s) for s in sizes])
+ax.set_xlabel("chunk size (tokens)"); ax.set_ylabel("nDCG@10 (articles)")
+ax.set_title(f"long documents: chunking vs truncation ({MODEL})"); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# Where does truncation hurt? For each query, take the position of its best relevant passage inside its article:
+# if the passage starts *before* the limit, the truncated embedding has read it; if it starts *after*, the answer was
+# cut off. The figure compares the whole-article embedding with the best chunking above on the two groups.
+
+# %%
+best_size, best_overlap = max(chunk_results, key=chunk_results.get)
+chunks, parent = chunk_corpus(articles, tok, max_tokens=best_size, overlap=best_overlap)
+best_index = DenseRetriever(encoder, chunks, cache_dir=cfg.work_dir / "embeddings", show_progress=False)
+run_best = max_over_chunks(best_index.run(article_queries, k=100), parent, k=10)
+per_whole = evaluate_per_query(run_whole, article_qrels, ks=10, metrics="ndcg")["ndcg@10"]
+per_best = evaluate_per_query(run_best, article_qrels, ks=10, metrics="ndcg")["ndcg@10"]
+group_of = {}
+for q in article_qrels:
+    pid = max(data.qrels[q], key=data.qrels[q].get)                     # the query's best relevant passage
+    doc, offset = where[pid]
+    head = doc_text(articles[doc])[: len(articles[doc]["title"]) + 1 + offset]   # the article text before it
+    group_of[q] = "starts within the limit" if len(tok(head, verbose=False)["input_ids"]) < limit else "starts after the limit"
+fig, ax = plt.subplots(figsize=(6.5, 3.6))
+names = ["starts within the limit", "starts after the limit"]
+for i, (label, per) in enumerate([("whole article (truncated)", per_whole),
+                                  (f"chunks of {best_size}, overlap {best_overlap}", per_best)]):
+    means = [np.mean([per[q] for q in group_of if group_of[q] == g] or [np.nan]) for g in names]
+    ax.bar(np.arange(2) + 0.38 * i, means, width=0.36, label=label)
+counts = collections.Counter(group_of.values())
+ax.set_xticks(np.arange(2) + 0.19, [f"answer {g}\n({counts[g]} queries)" for g in names])
+ax.set_ylim(0, 1.15); ax.set_ylabel("mean nDCG@10"); ax.set_title("truncation loses the answers it never reads")
+ax.legend(fontsize=8, loc="upper center", ncol=2)
+plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# What to take from it (read the numbers of your run: in small mode they are MiniLM's, with a 256-token limit):
+#
+# - **Truncation silently drops content.** The whole-article embedding can only match what it read: compare its bar
+#   for the queries whose answer starts after the limit (right pair) with the chunked one. The `truncated` warning is
+#   the only sign, so log it and count it.
+# - **Chunk, then score a document by its best chunk.** Smaller windows give each passage of meaning its own vector;
+#   very small ones lose context. Overlap costs more chunks (the table's `chunks` column) for a sentence cut at a
+#   border; whether it pays is an empirical question on each collection, which is why it is measured here.
+# - **Use the document's structure when it has one.** Compare the paragraphs row (the author's own units, here the
+#   original passages) with the best fixed window in the table: on a collection written in self-contained paragraphs,
+#   as this one is, they are a strong choice; on other documents measure both. In RAG (notebook 06) the chunks are
+#   also what the LLM reads, so their size trades retrieval precision against context.
+#
+# The advice "set the maximum length to the average length of your texts" gets this backwards: every text longer
+# than the average is cut. Set the limit to what the model reads (512 for BGE v1.5) and chunk what is longer.
+
+# %% [markdown]
 # ## Exercise: nDCG@10 for one query, by hand
 #
-# nDCG is the number every leaderboard reports, so compute it once yourself. For one query, take the top 10 of a
-# run (best first) and add up the **gain** of each passage (its graded relevance in the qrels: 2, 1, or 0 when it
+# nDCG is the number every leaderboard reports, so compute it once yourself (section 5 gave the formula; here it is
+# again, step by step). For one query, take the top 10 of a run (best first) and add up the **gain** of each passage (its graded relevance in the qrels: 2, 1, or 0 when it
 # is not judged) divided by a **discount** that grows with the rank: DCG@10 = sum over ranks r = 1..10 of
 # gain(r) / log2(r + 1). Then divide by the best DCG@10 any ranking could get for this query (the ideal DCG: the
 # query's judged gains sorted from high to low), so a perfect ranking scores 1.0:
@@ -455,5 +677,8 @@ with check("nDCG@10 by hand"):
 #   `python -m bgekit eval --data DIR --model M` gives the same table for any BEIR dataset.
 # - Approximate indexes (HNSW, IVF) trade a little recall for a lot of speed; `ef_search` / `nprobe` are
 #   the dials. Past one machine: compress (PQ), shard and merge top-k lists, or use a vector database.
+# - An encoder reads at most its token limit (512 for BGE v1.5, 256 for the bundled MiniLM) and silently cuts the
+#   rest. Chunk long documents (`bgekit.chunking.chunk_corpus`), score a document by its best chunk
+#   (`max_over_chunks`), and choose size and overlap by measuring, as section 7 does.
 #
 # Next: notebook 03 reranks the top candidates with a cross-encoder to push nDCG@10 further.

@@ -23,16 +23,18 @@
 # **What you will learn**
 # - why a bi-encoder (an embedding model) misses things, and how a **cross-encoder** reads query and passage *together*;
 # - **two-stage retrieval**: a fast embedding search finds the candidates, a slower reranker orders them;
-# - how a cross-encoder reranker is trained (one positive, several hard negatives, a group-wise softmax loss), by
-#   training a small one yourself in small mode;
+# - what a reranker's score is (a **logit** of a group-wise softmax loss) and what a sigmoid does and does not do to it;
+# - how a cross-encoder reranker is trained (one positive, several hard negatives, a group-wise softmax loss): in small
+#   mode the notebook trains a small one, and the **appendix** at the end explains how, after notebooks 04 and 05
+#   have taught the ideas it uses;
 # - how much reranking raises **nDCG@10** and **MRR@10** on the course test split, and how to **fuse** the reranker's
 #   score with the first stage's (score interpolation), with the weight tuned on held-out training queries;
-# - what reranker scores look like, raw (logits) and after a **sigmoid** (in [0, 1]);
 # - what reranking costs per query, and how the number of candidates `k` trades quality against time.
 #
 # In **full** mode (Colab GPU) the reranker is BAAI's pretrained **`BAAI/bge-reranker-large`**. In **small** mode
 # (offline CPU) no pretrained cross-encoder is available, so this notebook trains the course's own small one from the
-# bundled all-MiniLM-L6-v2 in about a minute. The code is the same; only the model differs.
+# bundled all-MiniLM-L6-v2 (about a minute of training on two CPU cores; the training cell prints its time). The code
+# is the same; only the model differs.
 
 # %%
 import sys
@@ -64,7 +66,9 @@ cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds
 # ```
 #
 # and runs the transformer over both together, so every query word can attend to every passage word. A small head
-# on top turns the `[CLS]` vector into **one number**: the relevance logit. It reads; it does not compress. The price:
+# on top turns the `[CLS]` vector into **one number**, the relevance **logit**: an unbounded real score, higher = more
+# relevant. ("Logit" is the name from classification for a score *before* a sigmoid or softmax turns it into
+# something between 0 and 1; section 5 shows what that turn does and does not mean.) It reads; it does not compress. The price:
 # nothing can be precomputed, every (query, passage) pair costs a full forward pass at query time. Scoring a whole
 # corpus that way is out of the question, so the two are combined:
 #
@@ -100,31 +104,20 @@ print(f"indexed {len(dense)} passages in {time.perf_counter() - t:.1f} s")
 # %% [markdown]
 # ## 2. The reranker
 #
-# **Full mode** loads `BAAI/bge-reranker-large` (an XLM-RoBERTa-large cross-encoder, 560M parameters, trained by BAAI
-# on large amounts of query/passage data in English and Chinese). `Reranker` is a thin, fast wrapper around
-# `transformers`' `AutoModelForSequenceClassification`: it tokenises each pair with the model's own pair template,
-# sorts pairs by length so batches carry little padding, runs fp16 on a GPU, and returns scores in input order.
+# **Full mode** loads `BAAI/bge-reranker-large`, a cross-encoder BAAI trained from XLM-RoBERTa on query/passage pairs
+# in Chinese, English and other languages (FlagEmbedding's reranker README lists the data). `Reranker` is a thin,
+# fast wrapper around `transformers`' `AutoModelForSequenceClassification`: it tokenises each pair with the model's
+# own pair template, sorts pairs by length so batches carry little padding, runs in **fp16** on a GPU (16-bit
+# floating point, "half precision": half the memory of the usual 32-bit fp32 and faster on most GPUs, at a small
+# cost in precision), and returns scores in input order.
 #
-# **Small mode** has no pretrained cross-encoder offline, so we make one: the bundled all-MiniLM-L6-v2 *encoder* gets
-# a fresh one-number head (`AutoModelForSequenceClassification(num_labels=1)`) and is trained on the course's
-# **train** split (the test split stays unseen). For each training query, `train_reranker` builds a **group** of
-# passages: one relevant passage at position 0 and 2 **hard negatives**, passages the dense retriever ranks high for
-# that query that are *not* judged relevant (the mistakes a reranker must learn to fix). The model scores the group
-# and the loss is a softmax cross-entropy that asks for position 0 to win:
-#
-# $$\mathcal{L} = -\log \frac{e^{s(q, p^+)}}{e^{s(q, p^+)} + \sum_{j} e^{s(q, p^-_j)}}$$
-#
-# This is the loss BAAI uses for its rerankers (FlagEmbedding), on a tiny scale: a cross-encoder costs a full
-# transformer pass per pair, so on two CPU cores we use small groups (FlagEmbedding's examples use 8 to 16
-# passages per query), train for two passes over the train queries, keep the two lowest
-# layers fixed (the backward pass stops above them) and read only the first 64 tokens of each pair (question, title and
-# the passage's opening). Two more settings matter:
-#
-# - `holdout_queries=100` keeps 100 *training* queries out of training. They are our **validation** set: section 4
-#   tunes a setting on them, and the test split stays unseen until the final measurement.
-# - `bf16=True` computes in bfloat16 where the processor has native bf16 instructions (recent Intel/AMD CPUs, GPUs):
-#   about twice as fast, with scores within a few hundredths of fp32. `bgekit.config.fast_bf16()` checks; elsewhere
-#   the notebook stays in fp32.
+# **Small mode** has no pretrained cross-encoder offline, so the next cell **trains the course reranker** from the
+# bundled all-MiniLM-L6-v2 encoder on the course's **train** split (the test split stays unseen). How it is trained
+# (hard negatives, the loss, learning rate and warm-up, frozen layers, bf16) is explained in the **appendix** at the
+# end of this notebook: those are the ideas notebooks 04 and 05 teach, so read the appendix after them, or now if you
+# already know them. For the lessons of sections 3-7 you need one fact only: `holdout_queries=100` keeps 100
+# *training* queries out of training. They are our **validation** set: section 4 tunes a setting on them, and the test
+# split stays unseen until the final measurement.
 #
 # The trained model is a plain Hugging Face folder in `cfg.work_dir / "reranker"`; if it is already there from an
 # earlier run with the same settings and data, it is reused instead of retrained.
@@ -171,8 +164,7 @@ print(reranker)
 
 
 # %% [markdown]
-# The loss starts near $\log 3 \approx 1.10$ (an untrained head cannot tell the 3 passages apart) and falls as the
-# model learns to put the relevant passage first.
+# (The loss curve is read in the appendix.)
 #
 # `Reranker.compute_score(pairs)` takes a list of `(query, passage)` pairs and returns one score per pair;
 # `Reranker.rerank(query, passages)` does the bookkeeping for one query and returns the passages best first. Let us
@@ -221,6 +213,7 @@ rng = np.random.default_rng(cfg.seed)   # the same candidates in a random order:
 run_random = {q: {d: float(rng.random()) for d in hits} for q, hits in run_dense.items()}
 random_ndcg = evaluate(run_random, data.qrels, ks=(10,))["ndcg@10"]
 print(f"\nnDCG@10 of the same candidates in a random order: {random_ndcg:.4f}")
+print(f"reranker alone minus dense: {alone['ndcg@10'] - results['dense']['ndcg@10']:+.4f} nDCG@10")
 assert alone["ndcg@10"] > random_ndcg + 0.2, "the reranker should have learned to read"
 if not cfg.small:   # BAAI's reranker, trained on far more data, beats the first stage on its own
     assert alone["ndcg@10"] > results["dense"]["ndcg@10"], "bge-reranker-large should raise nDCG@10"
@@ -228,9 +221,10 @@ if not cfg.small:   # BAAI's reranker, trained on far more data, beats the first
 # %% [markdown]
 # **Read these numbers honestly.** With `BAAI/bge-reranker-large` (full mode) the reranker on its own raises nDCG@10
 # over dense retrieval: that is why two-stage retrieval is the standard design. In **small** mode the course's
-# reranker was trained for about a minute on a CPU, from a fresh head, on about 400 queries. It has learned a lot
-# (compare it with a random order of the same candidates), but on its own it ranks below the dense retriever (by
-# about 0.1 nDCG@10 here), which was pretrained on a billion sentence pairs. A reranker that replaces the first
+# reranker was trained for about a minute on a CPU, from a fresh head, on the train split's queries less the 100
+# held out (the training cell prints how many). It has learned a lot (compare it with a random order of the same
+# candidates), but on its own it ranks below the dense retriever (the gap is printed above), which its model card
+# says was trained on over a billion sentence pairs. A reranker that replaces the first
 # stage's order only pays off when it is the stronger judge.
 #
 # But the two are not wrong about the *same* passages: the dense model brings broad knowledge of language, the
@@ -269,7 +263,7 @@ print(f"  chosen w = {weight:g}")
 
 fig, ax = plt.subplots(figsize=(6, 3.2))
 ws = list(by_weight)
-ax.plot(range(len(ws)), list(by_weight.values()), "o-", label="dense + w x reranker fused")
+ax.plot(range(len(ws)), list(by_weight.values()), "o-", label="fused: reranker logit + w x cosine")
 ax.axhline(dev_dense, ls="--", c="gray", label="dense alone")
 ax.set_xticks(range(len(ws)), [f"{w:g}" for w in ws])
 ax.set_xlabel("fusion weight w (0 = reranker alone)"); ax.set_ylabel("nDCG@10 (validation)")
@@ -301,10 +295,19 @@ assert fused["ndcg@10"] > results["dense"]["ndcg@10"], "two-stage retrieval shou
 # sigmoid is monotonic, so **the ranking does not change**; what changes is the scale, which is handy for a threshold
 # ("keep passages above 0.5") or to show a score to a person.
 #
+# **What the number means.** BAAI's rerankers and the course reranker are trained the same way: the model scores a
+# *group* of passages for one query (one relevant, the others not) and a softmax cross-entropy over the group asks
+# the relevant one to win (FlagEmbedding's reranker `modeling.py`: the group's logits go into `CrossEntropyLoss` with
+# the positive as the target; the method is Gao, Dai and Callan's *localized contrastive estimation*,
+# arXiv:2101.08751). A softmax only sees **differences** between the scores of a group: adding the same constant to
+# every logit changes nothing (the cell below checks it). So training fixes which passage scores higher and by how
+# much, not where the scores sit; FlagEmbedding's reranker README says so too: the score "is not bounded to a
+# specific range". A sigmoid maps a logit to $[0, 1]$, but it does **not calibrate** it: 0.7 does not mean "relevant
+# 70% of the time", and 0.5 is not a natural cut-off. A probability needs calibration on labelled data of your own
+# (for instance Platt scaling: fit $\sigma(a s + b)$ to relevant/irrelevant labels).
+#
 # Below: the scores of all candidate pairs, split into relevant (judged 1 or 2) and irrelevant ones. Look at the
-# overlap, not the absolute numbers. Note that a sigmoid score is not automatically a calibrated probability: BAAI's
-# reranker was trained with relevant/irrelevant labels, while the course reranker only learned to order each group
-# (a softmax over the group), which fixes differences between scores, not their level.
+# overlap, not the absolute numbers.
 
 # %%
 rel, irrel = [], []
@@ -313,6 +316,12 @@ for q, scores in run_rerank.items():
         (rel if data.qrels[q].get(d, 0) > 0 else irrel).append(s)
 rel, irrel = np.array(rel), np.array(irrel)
 sig = lambda x: 1 / (1 + np.exp(-x))
+softmax = lambda x: np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+group = np.array([run_rerank[qid][d] for d in cands[:4]])   # the logits of one query's group of passages
+assert np.allclose(softmax(group), softmax(group + 3.0))      # the loss cannot see the level of the scores
+print(f"one group's logits {np.round(group, 2)} -> softmax {np.round(softmax(group), 3)}; "
+      f"logits + 3 -> softmax {np.round(softmax(group + 3.0), 3)}, but sigmoid {np.round(sig(group), 2)} -> "
+      f"{np.round(sig(group + 3.0), 2)}")
 # the same as compute_score(..., normalize=True), which applies torch.sigmoid to the logits:
 some = [(data.queries[qid], dense.doc_text(d)) for d in cands[:4]]
 assert np.allclose(reranker.compute_score(some, normalize=True), sig(np.array(reranker.compute_score(some))), atol=1e-6)
@@ -435,11 +444,64 @@ with check("a two-stage search function"):
 #   score (`fuse_scores`, weight tuned on held-out training queries with `tune_fusion_weight`) it beats both
 #   (section 4). Measure against the first stage, on validation queries, before you deploy.
 # - `bgekit.Reranker(model).compute_score(pairs, normalize=False)` gives logits (`normalize=True`: sigmoid in
-#   [0, 1], same order); `rerank(query, passages, top_k)` returns passages best first. In full mode the model is
+#   [0, 1], same order, **not** a calibrated probability: the training loss fixes score differences, not levels);
+#   `rerank(query, passages, top_k)` returns passages best first. In full mode the model is
 #   `BAAI/bge-reranker-large`; in small mode the course trains its own with `bgekit.training.train_reranker`: one
-#   positive and hard negatives per query, group-wise softmax cross-entropy.
-# - Cost grows linearly with `k` while the gain flattens: choose `k` from a curve like the one in section 5 on your
+#   positive and hard negatives per query, group-wise softmax cross-entropy (the appendix).
+# - Cost grows linearly with `k` while the gain flattens: choose `k` from a curve like the one in section 6 on your
 #   hardware.
 #
 # Next: notebook 04 mines hard negatives for fine-tuning the embedder itself, so that the first stage finds more of
 # the relevant passages.
+
+# %% [markdown]
+# ## Appendix: how the course reranker is trained
+#
+# Read this after notebooks 04 (hard negatives) and 05 (fine-tuning), which teach the ideas it uses; here they are
+# applied to a cross-encoder. The training cell of section 2 calls `bgekit.training.train_reranker` with the settings
+# below.
+#
+# **The data: one positive and hard negatives per query.** For each training query, `train_reranker` builds a
+# **group** of passages: one relevant passage at position 0 and `train_group_size - 1` = 2 **hard negatives**,
+# passages the dense retriever ranks high for that query (`negative_range=(0, 30)`: from its top 30) that are *not*
+# judged relevant. They are the mistakes a reranker must learn to fix; random passages would be too easy to teach
+# anything (notebook 04 mines such negatives for the embedder, and shows how to guard against unjudged passages
+# that are in fact relevant).
+#
+# **The loss: a softmax over the group.** The model gives each (query, passage) pair of the group a logit $s$, and
+# the loss is the cross-entropy of a softmax over the group, with the positive as the right answer:
+#
+# $$\mathcal{L} = -\log \frac{e^{s(q, p^+)}}{e^{s(q, p^+)} + \sum_{j} e^{s(q, p^-_j)}}$$
+#
+# This is the loss of FlagEmbedding's reranker training (its `modeling.py`: the group's logits go into
+# `CrossEntropyLoss` with target 0), Gao, Dai and Callan's localized contrastive estimation (arXiv:2101.08751). As
+# section 5 showed, it depends only on the differences between the scores of a group. On the loss curve of section 2,
+# the dashed line is $\log 3 \approx 1.10$, the loss of a model that cannot tell the 3 passages of a group apart
+# (equal scores give each passage probability 1/3); training pushes the loss below it as the model learns to put the
+# relevant passage first.
+#
+# **The optimiser settings** (notebook 05 treats them for the embedder):
+#
+# - `learning_rate`: how far each gradient step moves the weights (AdamW's step size). The fresh one-number head
+#   gets a larger one of its own (`head_learning_rate`), since it starts from random weights.
+# - `warmup_ratio=0.05`: **warm-up**. The learning rate starts at 0 and rises linearly to its peak over the first 5%
+#   of the steps, then decays linearly to 0. Large steps on a freshly initialised head can wreck the pretrained
+#   weights below it in the first updates; warm-up avoids that.
+# - `num_train_epochs=2`: two passes over the training queries; `per_device_train_batch_size=8`: 8 queries (so
+#   8 groups, 24 pairs) per step.
+#
+# **Cheap on a CPU.** A cross-encoder costs a full transformer pass per pair, so on two CPU cores the course keeps
+# everything small: groups of 3 (FlagEmbedding's examples use larger groups, set by the same `train_group_size`
+# argument), `max_len=64` (question, title and the passage's opening), and `freeze_layers=2`: the two lowest
+# transformer layers (and the embeddings) are **frozen**, their weights do not change, so the backward pass stops
+# above them and each step is cheaper.
+#
+# **bf16.** `bf16=True` computes in **bfloat16**, a 16-bit floating-point format with the same range as fp32 but
+# fewer digits of precision (fp16, by contrast, keeps more digits but a much smaller range, so it needs loss scaling
+# in training). Where the processor has native bf16 instructions (recent Intel/AMD CPUs, most GPUs) it is faster than
+# fp32 (how much depends on the machine; the training cell prints its own time), and the scores differ from fp32's in
+# the later digits only; `bgekit.config.fast_bf16()` checks, and elsewhere the notebook stays in fp32. The training
+# cell prints which one it used.
+#
+# Everything else (the reuse of a trained model, the 100 validation queries) is in section 2. The same function
+# trains a reranker from any BERT-style encoder on your own BEIR-format data.
