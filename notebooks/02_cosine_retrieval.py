@@ -534,7 +534,7 @@ print(f"embedded {len(articles)} whole articles in {time.perf_counter() - t:.1f}
 # are the original passages (already embedded in section 3): chunking by the document's structure.
 
 # %%
-sizes = [64, 128, limit - 2] if cfg.small else [64, 128, 256, limit - 2]   # limit - 2: room for [CLS] and [SEP]
+sizes = [64, limit - 2] if cfg.small else [64, 128, 256, limit - 2]   # limit - 2: room for [CLS] and [SEP]; small mode: two sizes (CI time)
 chunk_results, n_chunks = {}, {}
 t = time.perf_counter()
 for size in sizes:
