@@ -24,6 +24,11 @@ find fewer than ``k`` hits for a query; then ``ids[i]`` is *shorter* and the tai
 ``scores[i]`` is ``-inf``. faiss' ``-1`` padding never reaches the caller, and
 ``zip(ids[i], scores[i])`` yields exactly the real hits.
 
+Ties: equal scores come in id-descending order, the total order :mod:`bgekit.metrics` ranks by
+(``trec_eval``'s), whatever faiss returned; a tie group that crosses the cut is fetched whole first.
+So a top ``k`` is the prefix of any deeper top ``k`` for exact search (flat, or IVF visiting every
+list); HNSW's graph search may find other hits as its effort grows with ``k``.
+
 Example::
 
     >>> import numpy as np

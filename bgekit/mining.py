@@ -15,7 +15,8 @@ The algorithm, per query:
    as ``hn_mine``, whose default is an empty instruction) and the candidate pool (no prefix);
    the pool is ``candidate_pool`` or, by default, every ``pos`` and ``neg`` text of the input,
    de-duplicated after whitespace normalisation;
-2. rank the pool by inner product with exact faiss search (:class:`bgekit.index.DenseIndex`, flat);
+2. rank the pool by inner product with exact faiss search (:class:`bgekit.index.DenseIndex`, flat;
+   equal scores in the package's one total order, so a rank range never depends on the search depth);
 3. drop the query's own positives and the query text itself (exact match after whitespace
    normalisation), then keep ranks ``[a, b)`` of what is left (``range_for_sampling="a-b"``,
    0-based). *Difference from hn_mine*: hn_mine slices ranks first and drops positives afterwards,
