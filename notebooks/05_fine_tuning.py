@@ -41,11 +41,35 @@
 # %%
 import sys
 
-REPOSITORY = "https://github.com/bgekit/bgekit"  # the course's one repository setting (notebooks/build.py fills it in)
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    # !test -d /content/bgekit || git clone -q --depth 1 {REPOSITORY} /content/bgekit
-    # %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
+REPOSITORY = "https://github.com/bgekit/bgekit"  # the one repository setting (pyproject.toml [project.urls] Repository; build.py fills it in)
+COURSE = "/content/bgekit"  # on Colab: where the course (package and data) is cloned or uploaded
+if "google.colab" in sys.modules:  # Colab: fetch the course and install what this runtime's mode needs
+    import importlib
+    import os
+    import subprocess
+
+    def _run(cmd):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return r.returncode, (r.stderr or r.stdout).strip()[-1500:]
+
+    if not os.path.isfile(os.path.join(COURSE, "pyproject.toml")):
+        rc, err = _run(["git", "clone", "-q", "--depth", "1", REPOSITORY, COURSE])
+        if rc:
+            raise RuntimeError(
+                f"Could not clone the course from {REPOSITORY}:\n{err}\nDo one of these, then run this cell again: "
+                "set REPOSITORY above to the repository the course is published from (a fork of it is fine), or "
+                f"upload the course folder (the one holding pyproject.toml, bgekit/ and data/) to {COURSE}.")
+    import torch  # preinstalled on Colab
+
+    # GPU runtime: full mode (BGE from the hub). CPU runtime: small mode, which also needs the bundled model.
+    extras = "colab" if torch.cuda.is_available() else "colab,models"
+    rc, err = _run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{COURSE}[{extras}]"])
+    if rc:
+        raise RuntimeError(f"Installing the course failed (pip install -e '{COURSE}[{extras}]'):\n{err}\n"
+                           "Run that command in a cell as `%pip install ...` to see the whole log; if the folder is "
+                           f"incomplete, clone or upload it again to {COURSE}.")
+    sys.path.insert(0, COURSE)
+    importlib.invalidate_caches()
 import bgekit
 
 cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
@@ -73,7 +97,7 @@ from bgekit.training.embedder import info_nce_loss
 pd.set_option("display.max_colwidth", 100)
 WORK = cfg.work_dir
 BASE = cfg.embedder                      # the model we start from
-NAME = "all-MiniLM-L6-v2 (bundled)" if cfg.small else BASE
+NAME = bgekit.models.display_name(BASE)  # the mode line of the setup cell says which model and why
 print("base model:", NAME, "| work dir:", WORK)
 
 # %% [markdown]
@@ -144,9 +168,9 @@ assert torch.isclose(by_hand, info_nce_loss(q, p, tau), atol=1e-6)
 # %%
 from bgekit.mining import mine_course_train_split
 
-mined = WORK / "train_mined.jsonl"
+mined = cfg.model_file("train_mined.jsonl")   # written by notebook 04 with this model (one file per embedder)
 if not mined.exists():
-    print("train_mined.jsonl not found: mining it now (what notebook 04 does)")
+    print(f"{mined.name} not found: mining it now (what notebook 04 does)")
     print(mine_course_train_split(cfg.embedder, mined))
 rows = [json.loads(line) for line in mined.read_text(encoding="utf-8").splitlines() if line.strip()]
 print(f"{len(rows)} training queries, {np.mean([len(r['neg']) for r in rows]):.1f} negatives each")
@@ -166,6 +190,13 @@ if cfg.small:
     N_TRAIN, EPOCHS, BATCH, GROUP, P_LEN, LR, TAU = 256, 1, 16, 3, 64, 1e-4, 0.05
 else:
     N_TRAIN, EPOCHS, BATCH, GROUP, P_LEN, LR, TAU = len(rows), 2, 32, 8, 256, 1e-5, 0.02
+# A group needs GROUP - 1 negatives. A row the miner left short (its guard dropped too many candidates) is left
+# out and counted, rather than failing the whole file or padding it with passages nobody checked.
+short = [r for r in rows if len(r["neg"]) < GROUP - 1]
+if short:
+    print(f"left out {len(short)} of {len(rows)} rows with fewer than {GROUP - 1} negatives")
+rows = [r for r in rows if len(r["neg"]) >= GROUP - 1]
+assert rows, f"no mined row has {GROUP - 1} negatives: mine again with a larger range or a looser guard"
 train_rows = random.Random(0).sample(rows, min(N_TRAIN, len(rows)))
 train_file = WORK / "05_train.jsonl"
 train_file.write_text("".join(json.dumps(r) + "\n" for r in train_rows), encoding="utf-8")
