@@ -86,7 +86,7 @@ from bgekit.metrics import evaluate, evaluate_per_query, format_table
 from bgekit.retrieval import BM25Retriever, DenseRetriever, HybridRetriever, rrf
 
 pd.set_option("display.max_colwidth", 120)
-MODEL = "all-MiniLM-L6-v2 (bundled)" if cfg.small else cfg.embedder
+MODEL = bgekit.models.display_name(cfg.embedder)   # the setup cell's mode line says which model and why
 
 # %% [markdown]
 # ## 1. Cosine similarity = inner product of normalised vectors

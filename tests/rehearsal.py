@@ -140,6 +140,44 @@ def build_hf_cache(hf_home: Path) -> Path:
     return Path(hf_home)
 
 
+# --------------------------------------------------------------------------- a smaller course collection
+
+
+def build_data_subset(dest: Path, n_test: int = 60, n_train: int = 160, n_extra_docs: int = 80, seed: int = 0) -> Path:
+    """The course collection cut down for the rehearsal: the first ``n_test`` test and ``n_train`` train queries (by
+    id), every passage judged for them, ``n_extra_docs`` other passages (seeded) and the general pairs unchanged.
+    Full mode's code paths stay the same; only the amount of data they run over shrinks (random weights make the
+    numbers meaningless anyway). The notebooks read it through ``BGEKIT_DATA``."""
+    import random
+
+    src = ROOT / "data"
+    dest = Path(dest)
+    if (dest / "corpus.jsonl").is_file():
+        return dest
+    (dest / "qrels").mkdir(parents=True, exist_ok=True)
+    keep_q: set[str] = set()
+    keep_d: set[str] = set()
+    for split, n in (("test", n_test), ("train", n_train)):
+        lines = (src / "qrels" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
+        head, rows = lines[0], [ln.split("\t") for ln in lines[1:] if ln.strip()]
+        qids = sorted({r[0] for r in rows})[:n]
+        kept = [r for r in rows if r[0] in qids]
+        keep_q.update(qids)
+        keep_d.update(r[1] for r in kept)
+        (dest / "qrels" / f"{split}.tsv").write_text("\n".join([head] + ["\t".join(r) for r in kept]) + "\n",
+                                                    encoding="utf-8")
+    corpus = [json.loads(ln) for ln in (src / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    others = sorted(d["_id"] for d in corpus if d["_id"] not in keep_d)
+    keep_d.update(random.Random(seed).sample(others, min(n_extra_docs, len(others))))
+    (dest / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus if d["_id"] in keep_d),
+                                       encoding="utf-8")
+    queries = [json.loads(ln) for ln in (src / "queries.jsonl").read_text(encoding="utf-8").splitlines() if ln.strip()]
+    (dest / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries if q["_id"] in keep_q),
+                                        encoding="utf-8")
+    shutil.copytree(src / "general", dest / "general")
+    return dest
+
+
 # --------------------------------------------------------------------------- the LLM: llama.cpp behind an API key
 
 
@@ -154,6 +192,14 @@ class KeyedServer:
     base_url: str
     api_key: str = field(repr=False)
     process: subprocess.Popen
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far (Linux /proc; 0.0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return 0.0
 
 
 @contextlib.contextmanager
@@ -200,8 +246,8 @@ def llama_server_with_key(startup_timeout: float = 180.0) -> Iterator[KeyedServe
 
 
 def rehearsal_env(hf_home: Path, work: Path, *, fp16: bool, server: KeyedServer | None,
-                  mode: str = "full") -> dict[str, str]:
-    """The environment the notebooks' kernel runs under."""
+                  mode: str = "full", data: Path | None = None) -> dict[str, str]:
+    """The environment the notebooks' kernel runs under (``data``: a BEIR folder instead of the course data)."""
     env = dict(os.environ)
     for k in ("NOVITA_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL", "BGEKIT_EMBEDDER", "BGEKIT_GGUF", "HF_HUB_CACHE",
               "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
@@ -211,6 +257,10 @@ def rehearsal_env(hf_home: Path, work: Path, *, fp16: bool, server: KeyedServer 
                PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     if server is not None:
         env.update(OPENAI_API_KEY=server.api_key, OPENAI_BASE_URL=server.base_url)
+    if data is not None:
+        env["BGEKIT_DATA"] = str(data)
+    else:
+        env.pop("BGEKIT_DATA", None)
     return env
 
 
@@ -220,6 +270,7 @@ class NotebookRun:
     seconds: float
     text: str  # every stream and text/plain output, in order
     cell_seconds: list[tuple[float, str]] = field(default_factory=list)  # (seconds, first line), slowest first
+    cpu_seconds: float = 0.0  # CPU time of the notebook's kernel (all threads): a measure that load does not inflate
 
     @property
     def skips(self) -> list[str]:
@@ -236,13 +287,18 @@ def run_notebook(path: Path, env: dict[str, str], cwd: Path, timeout: int = 900)
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update(env)  # the kernel is a subprocess: it inherits this environment
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     try:
-        client.execute()
+        client.execute()  # starts the kernel, runs every cell, shuts the kernel down (and waits for it)
     finally:
         os.environ.clear()
         os.environ.update(saved)
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     parts, timed = [], []
     for cell in nb.cells:
         ex = cell.get("metadata", {}).get("execution", {})
@@ -257,7 +313,7 @@ def run_notebook(path: Path, env: dict[str, str], cwd: Path, timeout: int = 900)
                 parts.append(out.get("text", ""))
             elif "data" in out and "text/plain" in out["data"]:
                 parts.append(out["data"]["text/plain"] + "\n")
-    return NotebookRun(path.stem, seconds, "".join(parts), sorted(timed, reverse=True))
+    return NotebookRun(path.stem, seconds, "".join(parts), sorted(timed, reverse=True), cpu)
 
 
 def notebooks() -> list[Path]:
@@ -266,25 +322,33 @@ def notebooks() -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import signal
     import tempfile
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` still stops the server and the kernels
 
     ap = argparse.ArgumentParser(description="run the notebooks in full mode with tiny stand-in models")
     ap.add_argument("only", nargs="*", help="notebook number prefixes (default: all)")
     ap.add_argument("--dtype", choices=["fp32", "fp16", "both"], default="both")
     ap.add_argument("--mode", choices=["full", "small"], default="full",
                     help="small: the 'BGE on a laptop' track (bge-small stand-in)")
+    ap.add_argument("--whole-data", action="store_true", help="the whole course collection (slower)")
     args = ap.parse_args(argv)
     chosen = [p for p in notebooks() if not args.only or any(p.name.startswith(o) for o in args.only)]
     dtypes = ["fp32", "fp16"] if args.dtype == "both" else [args.dtype]
     with tempfile.TemporaryDirectory(prefix="bgekit-rehearsal-") as tmp:
         hf = build_hf_cache(Path(tmp) / "hf")
+        data = None if args.whole_data else build_data_subset(Path(tmp) / "data")
         with llama_server_with_key() as server:
             for dt in dtypes:
                 work = Path(tmp) / f"work-{dt}"
-                env = rehearsal_env(hf, work, fp16=dt == "fp16", server=server, mode=args.mode)
+                env = rehearsal_env(hf, work, fp16=dt == "fp16", server=server, mode=args.mode, data=data)
                 for nb in chosen:
+                    llm_cpu = server.cpu_seconds()
                     run = run_notebook(nb, env, SOLUTIONS)
-                    print(f"{dt} {run.name}: {run.seconds:.0f} s, {len(run.skips)} quality claim(s) skipped")
+                    llm_cpu = server.cpu_seconds() - llm_cpu
+                    print(f"{dt} {run.name}: {run.seconds:.0f} s wall, {run.cpu_seconds:.0f} s kernel CPU, "
+                          f"{llm_cpu:.0f} s LLM server CPU, {len(run.skips)} quality claim(s) skipped", flush=True)
                     for s in run.skips:
                         print("   ", s)
                     for t, first in run.cell_seconds[:3]:
