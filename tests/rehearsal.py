@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     chosen = [p for p in notebooks() if not args.only or any(p.name.startswith(o) for o in args.only)]
     dtypes = ["fp32", "fp16"] if args.dtype == "both" else [args.dtype]
+    failed = 0
     with tempfile.TemporaryDirectory(prefix="bgekit-rehearsal-") as tmp:
         hf = build_hf_cache(Path(tmp) / "hf")
         data = None if args.whole_data else build_data_subset(Path(tmp) / "data")
@@ -345,7 +346,12 @@ def main(argv: list[str] | None = None) -> int:
                 env = rehearsal_env(hf, work, fp16=dt == "fp16", server=server, mode=args.mode, data=data)
                 for nb in chosen:
                     llm_cpu = server.cpu_seconds()
-                    run = run_notebook(nb, env, SOLUTIONS)
+                    try:
+                        run = run_notebook(nb, env, SOLUTIONS)
+                    except Exception as e:  # noqa: BLE001 - report and go on with the next notebook
+                        failed += 1
+                        print(f"{dt} {nb.stem}: FAILED\n{str(e)[-3000:]}", flush=True)
+                        continue
                     llm_cpu = server.cpu_seconds() - llm_cpu
                     print(f"{dt} {run.name}: {run.seconds:.0f} s wall, {run.cpu_seconds:.0f} s kernel CPU, "
                           f"{llm_cpu:.0f} s LLM server CPU, {len(run.skips)} quality claim(s) skipped", flush=True)
@@ -353,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                         print("   ", s)
                     for t, first in run.cell_seconds[:3]:
                         print(f"    {t:6.1f} s  {first}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

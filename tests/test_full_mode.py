@@ -175,25 +175,29 @@ def _notebook_tolerances() -> dict:
 
 
 def test_fp16_batch_layouts_differ_beyond_the_old_tolerance_but_within_the_new(minilm_path, monkeypatch):
-    """fp16 (forced on the CPU, as on a GPU): the same texts scored in another batch layout move by more than 1e-4
-    (the old check's atol) and stay inside notebook 03's fp16 tolerance. Scores are logit-sized cross-products of
-    the real MiniLM's vectors, fused the way notebook 03 fuses them."""
+    """fp16 (forced on the CPU, as on a GPU): the same texts encoded in another batch layout (padding, batch shape)
+    give cosines that move ~1e-4 with MiniLM's mean pooling (measured here: 9.9e-5 at 32 texts; the issue measured
+    6e-4 for CLS pooling and 5e-3 for reranker logits), hundreds of times the fp32 spread and the size of the old
+    check's atol=1e-4, and well inside notebook 03's fp16 tolerance. Reference: the same model in fp32."""
     from bgekit import Encoder
 
-    monkeypatch.setenv("BGEKIT_FORCE_FP16", "1")
-    enc = Encoder(minilm_path, device="cpu")
-    assert enc.dtype == torch.float16
     data = bgekit.load_beir(ROOT / "data", split="test")
-    texts = [bgekit.doc_text(d) for d in list(data.corpus.values())[:48]]
-    together = enc.encode(texts, batch_size=48)
-    alone = np.stack([enc.encode([t], batch_size=1)[0] for t in texts[:12]])
-    q = enc.encode_queries([next(iter(data.queries.values()))])[0]
-    spread_cos = float(np.abs(together[:12] @ q - alone @ q).max())
-    spread_logit = 10 * spread_cos   # a cross-encoder logit of scale ~10 built from such activations
+    texts = [bgekit.doc_text(d) for d in list(data.corpus.values())[:32]]
+    query = next(iter(data.queries.values()))
+    spread = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("BGEKIT_FORCE_FP16", flag)
+        enc = Encoder(minilm_path, device="cpu")
+        q = enc.encode_queries([query])[0]
+        together = enc.encode(texts, batch_size=32) @ q
+        alone = np.array([enc.encode([t], batch_size=1)[0] @ q for t in texts])
+        spread[enc.dtype] = float(np.abs(together - alone).max())
     tol = _notebook_tolerances()
-    assert spread_cos > 0 and spread_logit + spread_cos > 1e-4   # the old atol=1e-4 fails on fp16
-    assert spread_logit + spread_cos < tol[torch.float16]
-    assert tol[torch.float32] <= 1e-4 and tol[torch.bfloat16] > tol[torch.float16]
+    print("cosine spread between batch layouts:", spread)
+    assert spread[torch.float32] < 1e-5 <= tol[torch.float32]
+    assert spread[torch.float16] > 100 * spread[torch.float32] and spread[torch.float16] > 0.5e-4
+    assert 5e-3 + spread[torch.float16] < tol[torch.float16]      # reranker logits move ~5e-3 in fp16 (issue 12)
+    assert tol[torch.bfloat16] > tol[torch.float16]
 
 
 def test_force_fp16_switch_is_one_helper(monkeypatch):
