@@ -174,10 +174,10 @@ if not mined.exists():
     print(mine_course_train_split(cfg.embedder, mined))
 rows = [json.loads(line) for line in mined.read_text(encoding="utf-8").splitlines() if line.strip()]
 print(f"{len(rows)} training queries, {np.mean([len(r['neg']) for r in rows]):.1f} negatives each")
-ex = rows[0]
+ex = next((r for r in rows if r["neg"]), rows[0])
 print("query   :", ex["query"])
 print("positive:", ex["pos"][0][:150], "...")
-print("hard neg:", ex["neg"][0][:150], "...")
+print("hard neg:", ex["neg"][0][:150] + " ..." if ex["neg"] else "(none mined for any row: the guard dropped them all)")
 
 # %% [markdown]
 # On two CPU cores (small mode) we train on a random subset of the queries with short passages
@@ -190,13 +190,11 @@ if cfg.small:
     N_TRAIN, EPOCHS, BATCH, GROUP, P_LEN, LR, TAU = 256, 1, 16, 3, 64, 1e-4, 0.05
 else:
     N_TRAIN, EPOCHS, BATCH, GROUP, P_LEN, LR, TAU = len(rows), 2, 32, 8, 256, 1e-5, 0.02
-# A group needs GROUP - 1 negatives. A row the miner left short (its guard dropped too many candidates) is left
-# out and counted, rather than failing the whole file or padding it with passages nobody checked.
-short = [r for r in rows if len(r["neg"]) < GROUP - 1]
+# A group needs GROUP - 1 negatives. A row the miner left short (its guard dropped too many candidates) is topped
+# up by the trainer with random passages of the corpus (`corpus=` below), rather than failing the whole file.
+short = sum(len(r["neg"]) < GROUP - 1 for r in rows)
 if short:
-    print(f"left out {len(short)} of {len(rows)} rows with fewer than {GROUP - 1} negatives")
-rows = [r for r in rows if len(r["neg"]) >= GROUP - 1]
-assert rows, f"no mined row has {GROUP - 1} negatives: mine again with a larger range or a looser guard"
+    print(f"{short} of {len(rows)} rows have fewer than {GROUP - 1} mined negatives: topped up from the corpus")
 train_rows = random.Random(0).sample(rows, min(N_TRAIN, len(rows)))
 train_file = WORK / "05_train.jsonl"
 train_file.write_text("".join(json.dumps(r) + "\n" for r in train_rows), encoding="utf-8")
@@ -247,6 +245,7 @@ args = TrainArgs(
     num_train_epochs=EPOCHS,
     per_device_train_batch_size=BATCH,
     train_group_size=GROUP,
+    corpus=str(cfg.data_dir),   # tops up rows with fewer than GROUP - 1 mined negatives with random passages
     temperature=TAU,
     query_max_len=32,
     passage_max_len=P_LEN,

@@ -143,7 +143,7 @@ def build_hf_cache(hf_home: Path) -> Path:
 # --------------------------------------------------------------------------- a smaller course collection
 
 
-def build_data_subset(dest: Path, n_test: int = 60, n_train: int = 160, n_extra_docs: int = 80, seed: int = 0) -> Path:
+def build_data_subset(dest: Path, n_test: int = 30, n_train: int = 130, n_extra_docs: int = 80, seed: int = 0) -> Path:
     """The course collection cut down for the rehearsal: the first ``n_test`` test and ``n_train`` train queries (by
     id), every passage judged for them, ``n_extra_docs`` other passages (seeded) and the general pairs unchanged.
     Full mode's code paths stay the same; only the amount of data they run over shrinks (random weights make the
