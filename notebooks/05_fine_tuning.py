@@ -439,8 +439,18 @@ print({k: getattr(gpu_args, k) for k in ["model_name_or_path", "fp16", "negative
 from bgekit.exercises import check, todo
 
 batch = train_rows[:4]
+fill = [bgekit.data.doc_text(d) for d in test.corpus.values()]   # tops up a short row, as the trainer does
+rng_fill = random.Random(0)
+
+
+def group_texts(r):
+    negs = list(r["neg"][:GROUP - 1])
+    negs += rng_fill.sample([t for t in fill if t not in r["pos"] and t not in negs], GROUP - 1 - len(negs))
+    return [r["pos"][0], *negs]
+
+
 q_emb = ft_enc.encode_queries([r["query"] for r in batch])
-p_emb = ft_enc.encode_corpus([t for r in batch for t in [r["pos"][0], *r["neg"][:GROUP - 1]]])
+p_emb = ft_enc.encode_corpus([t for r in batch for t in group_texts(r)])
 
 
 def info_nce_numpy(q_emb, p_emb, tau, group):
