@@ -252,10 +252,17 @@ def course_data_dir() -> Path:
     if not (path / "corpus.jsonl").is_file():
         raise FileNotFoundError(
             f"course data not found at {path} (no corpus.jsonl). The data lives in the bgekit git repository, "
-            "not in the installed package: clone the repository (or install it with `pip install -e .`), "
-            "or set BGEKIT_DATA to the folder holding corpus.jsonl, queries.jsonl and qrels/."
+            f"not in the installed package: `git clone {_repository_url()}` and install the clone with "
+            "`pip install -e <clone>`, or set BGEKIT_DATA to the folder holding corpus.jsonl, queries.jsonl and "
+            "qrels/."
         )
     return path
+
+
+def _repository_url() -> str:
+    from .models import repository_url
+
+    return repository_url()
 
 
 def doc_text(doc: str | Mapping[str, str]) -> str:

