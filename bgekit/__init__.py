@@ -1,7 +1,7 @@
 """bgekit: the companion package of the BGE embedding course.
 
 >>> import bgekit
->>> cfg = bgekit.setup()                        # doctest: +SKIP  (prints mode, device, versions)
+>>> cfg = bgekit.setup()                        # prints mode, device, versions  # doctest: +SKIP
 >>> enc = bgekit.Encoder(cfg.embedder)          # doctest: +SKIP
 >>> vecs = enc.encode_corpus(["Water when the top inch of soil is dry."])  # doctest: +SKIP
 
@@ -11,9 +11,13 @@ Public names are imported lazily, so ``import bgekit`` is fast and a module's he
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:  # one version number: pyproject.toml's, read from the installed package's metadata
+    __version__ = version("bgekit")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _EXPORTS: dict[str, str] = {
     # config

@@ -29,8 +29,10 @@ DEMO_COLUMNS = ("ndcg@10", "recall@100", "mrr@10")
 EVAL_EPILOG = """\
 --data takes any BEIR-format folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv): the course's
 data/ or a dataset from the BEIR collection. Evaluation follows MTEB's conventions: a document is
-title + " " + text, queries get the model's query instruction, a hit whose id equals the query id is
-dropped, relevance > 0 counts as relevant. So on a GPU (e.g. Colab):
+title + " " + text, queries get the model's query instruction, relevance > 0 counts as relevant.
+A hit whose doc id equals the query id is dropped only for datasets whose queries are drawn from the
+corpus (ArguAna, Quora: recognised by the folder name) or with --ignore-identical-ids; a dropped hit
+that the qrels judge relevant is reported as a warning. So on a GPU (e.g. Colab):
 
   wget https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip && unzip scifact.zip
   python -m bgekit eval --data scifact --model BAAI/bge-large-en-v1.5 --methods dense
@@ -165,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ks=args.k,
         metrics=metrics,
         index_kind=args.index,
-        ignore_identical_ids=not args.keep_identical_ids,
+        ignore_identical_ids=args.ignore_identical_ids,
         show_progress=not args.no_progress,
     )
     name = _model_label(encoder) if encoder is not None else "-"
@@ -215,7 +217,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=None, help="max tokens per text (default: the model's)")
     p.add_argument("--device", default=None, help="cuda / mps / cpu (default: automatic)")
     p.add_argument("--index", default="flat", choices=("flat", "hnsw", "ivf"), help="dense index kind (default: flat, exact)")
-    p.add_argument("--keep-identical-ids", action="store_true", help="keep hits whose id equals the query id (MTEB drops them)")
+    same = p.add_mutually_exclusive_group()
+    same.add_argument("--ignore-identical-ids", dest="ignore_identical_ids", action="store_true", default=None,
+                      help="drop hits whose doc id equals the query id (default: only for ArguAna and Quora, "
+                      "whose queries are drawn from the corpus)")
+    same.add_argument("--keep-identical-ids", dest="ignore_identical_ids", action="store_false",
+                      help="keep such hits even for ArguAna / Quora")
     p.add_argument("--output", help="also write the results as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)

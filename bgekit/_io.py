@@ -87,10 +87,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+#: how every text input is decoded: UTF-8, with or without a byte-order mark (some Windows tools write one)
+TEXT_ENCODING = "utf-8-sig"
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line; bad lines raise ``ValueError('path:line: ...')``."""
+    """Yield ``(line_number, object)`` for each non-blank line; bad lines raise ``ValueError('path:line: ...')``.
+
+    The one JSONL reader of the package (corpus, queries, training data, candidate pools): UTF-8, and a
+    leading byte-order mark is accepted (:data:`TEXT_ENCODING`), as FlagEmbedding's readers accept it.
+    """
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding=TEXT_ENCODING) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

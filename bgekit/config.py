@@ -138,7 +138,7 @@ def setup(mode: str | None = None, seed: int = 0, verbose: bool = True) -> Cours
     """Choose the mode, seed everything, show bgekit's log lines, and print what was chosen.
 
     >>> cfg = setup(mode="small")  # doctest: +SKIP
-    >>> cfg.embedder  # the bundled all-MiniLM-L6-v2 folder
+    >>> cfg.embedder               # the bundled all-MiniLM-L6-v2 folder  # doctest: +SKIP
     """
     import numpy as np
     import torch

@@ -7,7 +7,9 @@ A BEIR folder (the course's ``data/`` or any dataset from the BEIR collection) h
     qrels/test.tsv      query-id <TAB> corpus-id <TAB> score           a header line, then judgements
     qrels/train.tsv     (any split name works: qrels/{split}.tsv)
 
-Every malformed line raises ``ValueError("path:line: what is wrong")``.
+Every malformed line raises ``ValueError("path:line: what is wrong")``. Files are read as UTF-8, with
+or without a byte-order mark (some Windows tools write one), through one JSONL reader
+(:func:`bgekit._io.read_jsonl`).
 
 Example::
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgekit._io import atomic_write_text, read_jsonl
+from bgekit._io import TEXT_ENCODING, atomic_write_text, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def _read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[tuple[str, 
     """Returns qrels and the line number of each judgement (for later error messages)."""
     qrels: dict[str, dict[str, int]] = {}
     lines: dict[tuple[str, str], int] = {}
-    with path.open(encoding="utf-8-sig") as f:
+    with path.open(encoding=TEXT_ENCODING) as f:
         for lineno, raw in enumerate(f, 1):
             line = raw.rstrip("\r\n")
             if not line.strip():

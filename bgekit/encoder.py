@@ -1,11 +1,13 @@
 """Turn text into BGE embeddings exactly as BAAI specifies, fast.
 
 >>> from bgekit import Encoder
->>> enc = Encoder("BAAI/bge-large-en-v1.5")            # doctest: +SKIP
->>> q = enc.encode_queries(["how do I stop fungus gnats?"])   # adds the query instruction
+>>> enc = Encoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")  # bundled; full mode: "BAAI/bge-large-en-v1.5"
+>>> q = enc.encode_queries(["how do I stop fungus gnats?"])   # adds the model's query instruction (BGE's; MiniLM has none)
 >>> p = enc.encode_corpus([{"title": "Fungus gnats", "text": "Let the top of the mix dry out..."}])
->>> (q @ p.T).shape
-(1, 1)
+>>> (q @ p.T).shape, q.dtype
+((1, 1), dtype('float32'))
+>>> float((q @ p.T)[0, 0]) > 0.5            # cosine similarity: the vectors are L2-normalised
+True
 
 How it batches: every text is tokenised once, texts are sorted by token length so each batch is
 padded only to its own longest text, and results come back in input order. On CUDA the weights run
@@ -43,6 +45,16 @@ def _check_texts(texts: Any, what: str = "texts") -> list[str]:
             raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected str"
                             + (" (None is not text: drop or replace it)" if t is None else ""))
     return texts
+
+
+def warn_truncated(log: logging.Logger, n_cut: int, n_total: int, max_length: int, what: str = "texts") -> None:
+    """The one truncation warning of the package (encoder and reranker): once per call, with counts.
+
+    ``n_cut`` of ``n_total`` inputs (``what``: "texts", "pairs") were longer than ``max_length``
+    tokens and were cut. Nothing is logged when ``n_cut`` is 0.
+    """
+    if n_cut:
+        log.warning("%d of %d %s were longer than %d tokens and were truncated", n_cut, n_total, what, max_length)
 
 
 def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -153,22 +165,38 @@ class Encoder:
 
     def encode(self, texts: Sequence[str], *, batch_size: int | None = None, max_length: int | None = None,
                normalize: bool | None = None, show_progress: bool | None = None,
-               convert_to_numpy: bool = True) -> np.ndarray:
-        """Embed ``texts`` as they are (no instruction). Returns float32 ``(len(texts), dim)``.
+               convert_to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+        """Embed ``texts`` as they are (no instruction).
+
+        Args:
+            texts: the strings to embed.
+            batch_size: texts per forward pass (``None``: the encoder's).
+            max_length: token budget per text (``None``: the encoder's); longer texts are cut, with one
+                warning per call.
+            normalize: L2-normalise (``None``: the model's setting).
+            show_progress: progress bar (``None``: for at least 256 texts).
+            convert_to_numpy: ``True``: a numpy array; ``False``: a torch tensor (as sentence-transformers'
+                ``convert_to_numpy=False`` / ``convert_to_tensor=True``, here one 2-d CPU tensor; move it
+                with ``.to(device)``).
+
+        Returns:
+            float32 ``(len(texts), dim)``, rows in input order: ``np.ndarray`` or ``torch.Tensor``.
+
+        Raises:
+            TypeError: ``texts`` is a single string or holds a non-string (its index is named).
 
         >>> Encoder().encode(["a cat", "a dog"]).shape  # doctest: +SKIP
         (2, 384)
         """
         texts = _check_texts(texts)
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            empty = np.zeros((0, self.dim), dtype=np.float32)
+            return empty if convert_to_numpy else torch.from_numpy(empty)
         max_length = int(max_length or self.max_length)
         normalize = self.normalize if normalize is None else normalize
         bs = int(batch_size or self.batch_size)
         feats, n_trunc = self._tokenize(texts, max_length)
-        if n_trunc:
-            logger.warning("%d of %d texts were longer than %d tokens and were truncated", n_trunc, len(texts),
-                           max_length)
+        warn_truncated(logger, n_trunc, len(texts), max_length, "texts")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         show = show_progress if show_progress is not None else (
             self.show_progress if self.show_progress is not None else len(texts) >= PROGRESS_MIN_TEXTS)
@@ -178,7 +206,7 @@ class Encoder:
             return torch.nn.functional.normalize(emb, p=2, dim=-1) if normalize else emb
 
         run_length_sorted(feats, self.tokenizer, self.device, forward, out, bs, desc="encode", unit="text", show=show)
-        return out
+        return out if convert_to_numpy else torch.from_numpy(out)
 
     def encode_queries(self, queries: Sequence[str], *, instruction: str | None = None, **kw: Any) -> np.ndarray:
         """Embed search queries, prefixed with the model's query instruction.

@@ -213,18 +213,59 @@ class DenseIndex:
         kk = min(int(k), len(self))
         if kk == 0:
             return [[] for _ in range(m)], np.zeros((m, 0), dtype=np.float32)
-        index = self._index
-        if self.kind == "hnsw":
-            index.hnsw.efSearch = max(self.knobs["ef_search"], kk)
-        elif self.kind == "ivf":
-            index.nprobe = min(self.knobs["nprobe"], index.nlist)
-        scores, pos = index.search(q, kk)
-        scores = np.asarray(scores, dtype=np.float32)
+        scores, pos = self._search_tie_safe(q, kk)
         missing = pos < 0
         if missing.any():
             scores[missing] = -np.inf
         ids = [[self._ids[p] for p in row if p >= 0] for row in pos.tolist()]
         return ids, scores
+
+    def _faiss_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        index = self._index
+        if self.kind == "hnsw":
+            index.hnsw.efSearch = max(self.knobs["ef_search"], k)
+        elif self.kind == "ivf":
+            index.nprobe = min(self.knobs["nprobe"], index.nlist)
+        scores, pos = index.search(q, k)
+        return np.asarray(scores, dtype=np.float32), np.asarray(pos, dtype=np.int64)
+
+    def _search_tie_safe(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``kk`` per query in :func:`bgekit.metrics.rank_order`'s order (score, then id descending).
+
+        faiss returns an arbitrary member of a group of equal scores at the cut, so a top ``kk`` need
+        not be the prefix of a deeper one. One hit more than asked is fetched; where it ties the
+        ``kk``-th, the search goes deeper until the tie group is complete, then the rows with ties are
+        re-sorted by id and cut at ``kk``.
+        """
+        from bgekit.metrics import rank_order
+
+        n = len(self)
+        fetch = min(kk + 1, n)
+        scores, pos = self._faiss_search(q, fetch)
+        out_s, out_p = scores[:, :kk].copy(), pos[:, :kk].copy()
+        rows = np.arange(q.shape[0])
+        deeper = False  # rows searched again: always written back from the deeper search
+        while True:
+            # a tie can cross the cut only where the last fetched hit scores the same as the kk-th
+            if fetch >= n:
+                open_rows = np.zeros(len(rows), dtype=bool)
+            else:
+                open_rows = (pos[:, fetch - 1] >= 0) & (scores[:, fetch - 1] == scores[:, kk - 1])
+            # rows with any tie among their real hits: re-sort by id (faiss' order within a tie is arbitrary)
+            valid = pos >= 0
+            tied = ((scores[:, 1:] == scores[:, :-1]) & valid[:, 1:]).any(axis=1)
+            for r in np.flatnonzero((tied | deeper) & ~open_rows):
+                real = np.flatnonzero(pos[r] >= 0)
+                ids = [self._ids[p] for p in pos[r, real]]
+                top = real[rank_order(ids, scores[r, real], kk)]
+                out_s[rows[r]], out_p[rows[r]] = -np.inf, -1
+                out_s[rows[r], : len(top)] = scores[r, top]
+                out_p[rows[r], : len(top)] = pos[r, top]
+            if not open_rows.any():
+                return out_s, out_p
+            rows, q = rows[open_rows], q[open_rows]
+            fetch, deeper = min(n, 2 * fetch), True
+            scores, pos = self._faiss_search(q, fetch)
 
     def __len__(self) -> int:
         return len(self._ids)

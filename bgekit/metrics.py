@@ -56,6 +56,7 @@ __all__ = [
     "ndcg_at_k",
     "precision_at_k",
     "rank_documents",
+    "rank_order",
     "recall_at_k",
 ]
 
@@ -64,19 +65,67 @@ METRICS: tuple[str, ...] = ("ndcg", "recall", "precision", "mrr", "map")
 """Metric names understood by :func:`evaluate` (keys come out as ``"name@k"``)."""
 
 
-def rank_documents(scores: Mapping[str, float]) -> list[str]:
+def rank_documents(scores: Mapping[str, float], k: int | None = None) -> list[str]:
     """Doc ids of one query best first: score descending, ties by doc id descending.
+
+    This is the one total order of the package: every place that cuts a ranked list (BM25, dense
+    search, fusion, reranking, mining) cuts by it, so a top ``k`` is always the first ``k`` of a
+    deeper top ``k`` and the metrics see the same top ``k`` the retriever returned. ``k`` (``None``:
+    all) keeps the best ``k``.
 
     >>> rank_documents({"a": 1.0, "b": 2.0, "c": 1.0})
     ['b', 'c', 'a']
+    >>> rank_documents({"a": 1.0, "b": 2.0, "c": 1.0}, k=2)
+    ['b', 'c']
     """
-    for doc_id, score in scores.items():
-        s = float(score)
-        if math.isnan(s):
-            raise ValueError(f"run score for doc {doc_id!r} is NaN")
+    ids = list(scores)
+    values = [float(scores[d]) for d in ids]
+    return [ids[i] for i in rank_order(ids, values, k)]
+
+
+def rank_order(doc_ids: Sequence[str], scores: Sequence[float], k: int | None = None) -> list[int]:
+    """Positions of ``doc_ids`` best first under :func:`rank_documents`' order (score descending,
+    ties by doc id descending), the first ``k`` of them (``None``: all).
+
+    ``scores`` may be a list or a 1-d numpy array (any float dtype; compared as given). With a ``k``
+    smaller than the list, only the entries scoring at least the ``k``-th best score are sorted, so
+    cutting a long array (BM25 over a whole corpus) stays cheap. Doc ids are compared as strings and
+    should be unique.
+
+    Raises:
+        ValueError: a NaN score (naming its doc id), ``len(doc_ids) != len(scores)``, or a bad ``k``.
+
+    >>> rank_order(["a", "b", "c", "d"], [1.0, 3.0, 1.0, 1.0], k=3)
+    [1, 3, 2]
+    """
+    import numpy as np
+
+    n = len(doc_ids)
+    s = np.asarray(scores)
+    if s.ndim != 1 or s.shape[0] != n:
+        raise ValueError(f"got {n} doc ids but scores of shape {s.shape}: expected one score per doc id")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0):
+        raise ValueError(f"k must be an int >= 0 or None, got {k!r}")
+    if n == 0:
+        return []
+    if s.dtype.kind not in "fiub":
+        s = s.astype(np.float64)
+    if s.dtype.kind == "f":
+        nan = np.flatnonzero(np.isnan(s))
+        if nan.size:
+            raise ValueError(f"run score for doc {doc_ids[int(nan[0])]!r} is NaN")
+    if k is None or k >= n:
+        cand = range(n)
+    elif k == 0:
+        return []
+    else:
+        kth = np.partition(s, n - k)[n - k]  # the k-th best score: everything tied with it may make the cut
+        cand = np.flatnonzero(s >= kth).tolist()
+    values = s.tolist()
     # doc id descending first, then a stable sort on score descending keeps that order for ties
-    by_id = sorted(scores, reverse=True)
-    return sorted(by_id, key=lambda d: -float(scores[d]))
+    order = sorted(cand, key=lambda i: doc_ids[i], reverse=True)
+    order.sort(key=lambda i: -values[i])
+    return order if k is None else order[:k]
 
 
 def _check_ks(ks: Iterable[int] | int) -> tuple[int, ...]:

@@ -568,7 +568,8 @@ def mine_hard_negatives(model_name_or_path: Any, input_file: str | os.PathLike |
     pass the model's (``encoder.query_instruction``) for BGE. ``margin``/``reranker``: the guard
     (see the module docstring). The output is written atomically; each row's ``neg`` is replaced.
 
-    >>> report = mine_hard_negatives(bgekit.Encoder(), "train.jsonl", "mined.jsonl", "2-100", 7,
+    >>> from bgekit import Encoder
+    >>> report = mine_hard_negatives(Encoder(), "train.jsonl", "mined.jsonl", "2-100", 7,
     ...                              margin=0.05)   # doctest: +SKIP
     >>> report.padded_rows, report.dropped_by_margin   # doctest: +SKIP
     """
@@ -613,6 +614,8 @@ def mine_course_train_split(model_name_or_path: Any, output_file: str | os.PathL
     Queries of ``split`` with their grade-2 passages as positives, the whole corpus as the pool,
     the model's own query instruction (``"model"``; pass ``None`` for none) and a 5% margin guard.
 
+    >>> from bgekit import setup
+    >>> cfg = setup()                                                                       # doctest: +SKIP
     >>> report = mine_course_train_split(cfg.embedder, cfg.work_dir / "train_mined.jsonl")  # doctest: +SKIP
     """
     rows, pool = course_train_rows(data_dir, split)

@@ -120,7 +120,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is accepted (bgekit._io)
     except (OSError, json.JSONDecodeError):
         return None
 

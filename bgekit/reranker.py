@@ -1,14 +1,17 @@
 """Rerank passages with a cross-encoder: the query and a passage are read *together*, one score per pair.
 
+In full mode (the hub model; scores are raw logits, higher = more relevant; ``normalize=True`` gives
+their sigmoid, in [0, 1]):
+
 >>> from bgekit import Reranker
->>> rr = Reranker("BAAI/bge-reranker-large")                       # doctest: +SKIP  (full mode)
+>>> rr = Reranker("BAAI/bge-reranker-large")                       # doctest: +SKIP
 >>> rr.compute_score([("what is a cactus?", "A cactus is a succulent plant."),
 ...                   ("what is a cactus?", "Tomatoes need full sun.")])      # doctest: +SKIP
-[5.31, -7.96]                                                   # raw logits: higher = more relevant
+[5.31, -7.96]
 >>> rr.compute_score([("what is a cactus?", "A cactus is a succulent plant.")], normalize=True)  # doctest: +SKIP
-[0.995]                                                         # sigmoid of the logit, in [0, 1]
+[0.995]
 >>> rr.rerank("what is a cactus?", ["Tomatoes need full sun.", "A cactus is a succulent plant."])  # doctest: +SKIP
-[{'index': 1, 'text': 'A cactus is a succulent plant.', 'score': 5.31}, {'index': 0, ...}]
+[{'index': 1, 'text': 'A cactus is a succulent plant.', 'score': 5.31}, {'index': 0, 'text': 'Tomatoes need full sun.', 'score': -7.96}]
 
 In small (offline) mode no pretrained cross-encoder is available: notebook 03 trains one with
 :func:`bgekit.training.train_reranker`; pass its folder, ``Reranker(path)``.
@@ -47,7 +50,9 @@ import torch
 from . import models
 from ._batching import model_inputs, run_length_sorted
 from .config import default_device, get_mode
+from .encoder import warn_truncated
 from .fusion import FUSION_WEIGHTS, fuse_scores, tune_fusion_weight  # their home is bgekit.fusion; importable here too
+from .metrics import rank_documents, rank_order
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +126,6 @@ def tokenize_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int,
     q_cap = max(1, min(int(max_query_length or max_length // 4), budget - 1))
     queries = [q for q, _ in pairs]
     passages = [d for _, d in pairs]
-    n_cut = 0
     long_q: dict[str, tuple[int, list[tuple[int, int]]]] = {}
     if getattr(tokenizer, "is_fast", False):
         # tokenise each distinct query once (a rerank call repeats one query for every passage)
@@ -139,14 +143,20 @@ def tokenize_pairs(tokenizer: Any, pairs: Sequence[Pair], max_length: int,
             keep = min(n_q, max(q_cap, budget - len(p_ids)))
             if keep < n_q:
                 queries[i] = queries[i][: offs[keep - 1][1]]  # cut at the end of the keep-th token
-                n_cut += 1
     # "longest_first" trims the longer side token by token: with the query already within its cap,
     # that is the passage, and it never fails the way "only_second" does when a query is too long
     enc = tokenizer(queries, passages, truncation="longest_first", max_length=int(max_length), padding=False)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     feats = [{k: enc[k][i] for k in keys} for i in range(len(pairs))]
-    n_full = sum(len(f["input_ids"]) >= max_length for f in feats)
-    return feats, max(n_cut, n_full)
+    # a pair that fills max_length may just fit: one token more tells (the query as given, uncut)
+    full = [i for i, f in enumerate(feats) if len(f["input_ids"]) >= max_length]
+    if full:
+        longer = tokenizer([pairs[i][0] for i in full], [passages[i] for i in full], truncation="longest_first",
+                           max_length=int(max_length) + 1, padding=False)["input_ids"]
+        n_cut = sum(len(ids) > max_length for ids in longer)
+    else:
+        n_cut = 0
+    return feats, n_cut
 
 
 class Reranker:
@@ -250,8 +260,7 @@ class Reranker:
         max_length = min(int(max_length or self.max_length), self.model_max_length)
         bs = int(batch_size or self.batch_size)
         feats, n_cut = tokenize_pairs(self.tokenizer, pairs, max_length, self.max_query_length)
-        if n_cut:
-            logger.debug("%d of %d pairs reached %d tokens and were truncated", n_cut, len(pairs), max_length)
+        warn_truncated(logger, n_cut, len(pairs), max_length, "pairs")
         out = np.empty(len(pairs), dtype=np.float32)
         show = show_progress if show_progress is not None else (
             self.show_progress if self.show_progress is not None else len(pairs) >= PROGRESS_MIN_PAIRS)
@@ -265,12 +274,15 @@ class Reranker:
 
     def rerank(self, query: str, passages: Sequence[str | Mapping[str, Any]], top_k: int | None = None, *,
                normalize: bool = False, batch_size: int | None = None,
-               max_length: int | None = None) -> list[dict[str, Any]]:
+               max_length: int | None = None, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Score every passage against ``query`` and return them best first:
         ``[{"index": position in passages, "text": passage, "score": float}, ...]``, at most ``top_k``.
 
         A passage is a string or a ``{"title", "text"}`` record (scored as ``title + " " + text``).
-        Equal scores keep input order.
+        Ties: with ``ids`` (one doc id per passage; each result then also carries ``"id"``) equal scores
+        are ordered as :func:`bgekit.metrics.rank_documents` ranks them (doc id descending), so the
+        ``top_k`` kept is the one the metrics would score; without ``ids`` equal scores keep input order.
+        Either way the order does not depend on ``top_k``: a ``top_k`` list is the prefix of a longer one.
 
         >>> rr.rerank("tiny flies in my pots", ["Aphids on roses ...", "Fungus gnats ..."], top_k=1)  # doctest: +SKIP
         [{'index': 1, 'text': 'Fungus gnats ...', 'score': 2.7}]
@@ -289,13 +301,23 @@ class Reranker:
                 texts.append(((p.get("title") or "") + " " + p["text"]).strip())
             else:
                 raise TypeError(f"passages[{i}] is {type(p).__name__}, expected str or a dict with a 'text' string")
+        if ids is not None:
+            if isinstance(ids, str):
+                raise TypeError("ids must be a list of doc ids (one per passage), not a single string")
+            ids = list(ids)
+            if len(ids) != len(texts):
+                raise ValueError(f"got {len(ids)} ids for {len(texts)} passages: give one doc id per passage")
+            if not all(isinstance(d, str) for d in ids) or len(set(ids)) != len(ids):
+                raise ValueError("ids must be distinct strings (doc ids)")
         if not texts:
             return []
         scores = self.compute_score([(query, t) for t in texts], normalize=normalize, batch_size=batch_size,
                                     max_length=max_length)
-        order = sorted(range(len(texts)), key=lambda i: -scores[i])  # stable: ties keep input order
-        if top_k is not None:
-            order = order[: int(top_k)]
+        k = None if top_k is None else int(top_k)
+        if ids is not None:
+            order = rank_order(ids, scores, k)
+            return [{"index": i, "id": ids[i], "text": texts[i], "score": scores[i]} for i in order]
+        order = sorted(range(len(texts)), key=lambda i: -scores[i])[:k]  # stable: ties keep input order
         return [{"index": i, "text": texts[i], "score": scores[i]} for i in order]
 
     def rerank_run(self, run: Mapping[str, Mapping[str, float]], queries: Mapping[str, str],
@@ -303,6 +325,10 @@ class Reranker:
                    batch_size: int | None = None, show_progress: bool | None = None) -> dict[str, dict[str, float]]:
         """Rerank a whole first-stage run: ``{qid: {doc_id: reranker logit}}`` for the top ``k``
         candidates of every query (all of them when ``k`` is None).
+
+        The top ``k`` is cut by :func:`bgekit.metrics.rank_documents`' order (first-stage score, ties
+        by doc id descending), the order the metrics rank the first stage by, and each query's output
+        comes best first in the same order of the reranker's scores.
 
         ``run`` is ``{qid: {doc_id: first-stage score}}`` (as from ``DenseRetriever.run``); ``queries``
         maps query ids to texts; ``corpus`` maps doc ids to texts or ``{"title", "text"}`` records (or
@@ -322,8 +348,7 @@ class Reranker:
         for qid, hits in run.items():
             if qid not in queries:
                 raise KeyError(f"query {qid!r} of the run is not in queries")
-            ranked = sorted(hits.items(), key=lambda kv: -kv[1])
-            for doc_id, _ in ranked[: (None if k is None else int(k))]:
+            for doc_id in rank_documents(hits, None if k is None else int(k)):
                 if text_of is not None:
                     text = text_of(doc_id)
                 elif doc_id in corpus:
@@ -333,7 +358,7 @@ class Reranker:
                 keys.append((qid, doc_id))
                 pairs.append((queries[qid], text))
         scores = self.compute_score(pairs, batch_size=batch_size, show_progress=show_progress)
-        out: dict[str, dict[str, float]] = {qid: {} for qid in run}
+        by_query: dict[str, dict[str, float]] = {qid: {} for qid in run}
         for (qid, doc_id), score in zip(keys, scores):
-            out[qid][doc_id] = float(score)
-        return out
+            by_query[qid][doc_id] = float(score)
+        return {qid: {d: row[d] for d in rank_documents(row)} for qid, row in by_query.items()}

@@ -12,9 +12,23 @@ prompt) can fetch the text of a hit with ``retriever.doc_text(doc_id)``.
 
 Evaluation follows MTEB's retrieval conventions, so numbers on a public BEIR dataset match the
 published ones: a document is ``title + " " + text`` (:func:`bgekit.data.doc_text`), queries get the
-model's query instruction (documents none), a hit whose id equals the query id is dropped
-(``ignore_identical_ids=True``; matters for datasets such as ArguAna or Quora where queries are also
-documents), and relevance > 0 counts as relevant (:mod:`bgekit.metrics`).
+model's query instruction (documents none), and relevance > 0 counts as relevant (:mod:`bgekit.metrics`).
+
+**Hits whose doc id equals the query id** are kept unless you ask otherwise (``ignore_identical_ids``).
+Query ids and doc ids are separate namespaces in most collections, and numeric ids overlap often, so
+dropping such hits would throw away real answers. The filter belongs to datasets whose queries are
+drawn from the corpus itself, where a query would otherwise find its own copy first: ArguAna (an
+argument is the query, its counter-argument the answer, and the argument is also a document) and
+Quora (a question is the query, its duplicates the answers, and the question is also in the corpus).
+Their published (BEIR / MTEB) protocol drops the self-hit, and :data:`IGNORE_IDENTICAL_IDS` lists them:
+:func:`evaluate_retrieval` turns the filter on by itself for a folder of that name. (MTEB also sets it
+for MSMARCO and a few other tasks only to reproduce older scores; pass ``ignore_identical_ids=True``
+to match those.) Whenever a dropped hit is judged relevant in the qrels, a warning names the query
+and the document.
+
+**Ties.** Every retriever cuts its list by :func:`bgekit.metrics.rank_documents`' order (score,
+then doc id descending, as ``trec_eval``), so ``search(q, k)`` is always the first ``k`` hits of
+``search(q, k2)`` for any ``k2 > k``, and nDCG@k does not depend on how deep you retrieved.
 
 Example::
 
@@ -36,22 +50,50 @@ from typing import Any
 
 import numpy as np
 
+from bgekit.metrics import rank_documents, rank_order
+
 from .fusion import rrf
 from .types import Document, Hits, Run
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "IGNORE_IDENTICAL_IDS",
     "BM25Retriever",
     "DenseRetriever",
     "HybridRetriever",
     "Retriever",
     "evaluate_retrieval",
+    "ignore_identical_ids_for",
     "retrieve_runs",
     "rrf",
 ]
 
 METHODS: tuple[str, ...] = ("dense", "bm25", "hybrid")
+
+#: Public datasets whose published protocol drops a hit whose doc id equals the query id, and why
+#: (keys: the dataset name lower-cased, without "-", "_" or spaces, as its BEIR folder is named).
+IGNORE_IDENTICAL_IDS: dict[str, str] = {
+    "arguana": "ArguAna's queries are arguments taken from the corpus: each would find itself first",
+    "quora": "Quora's queries are questions taken from the corpus: each would find itself first",
+    "quoraretrieval": "MTEB's name for Quora (queries taken from the corpus)",
+    "nanoarguana": "NanoBEIR's ArguAna subset (queries taken from the corpus)",
+    "nanoquoraretrieval": "NanoBEIR's Quora subset (queries taken from the corpus)",
+}
+
+
+def ignore_identical_ids_for(dataset: str | Path) -> bool:
+    """Whether the published protocol of ``dataset`` (a name or a BEIR folder) drops self-hits.
+
+    >>> ignore_identical_ids_for("datasets/arguana"), ignore_identical_ids_for("Quora")
+    (True, True)
+    >>> ignore_identical_ids_for("scifact")
+    False
+    """
+    name = Path(str(dataset).rstrip("/\\")).name.lower()
+    for ch in "-_ .":
+        name = name.replace(ch, "")
+    return name in IGNORE_IDENTICAL_IDS
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,9 +151,16 @@ def _check_k(k: int, name: str = "k") -> int:
     return int(k)
 
 
-def _fused_order(scores: Mapping[str, float]) -> list[str]:
-    """Doc ids best first, ties by doc id descending (the order :mod:`bgekit.metrics` evaluates)."""
-    return sorted(sorted(scores, reverse=True), key=lambda d: -scores[d])
+def _warn_if_relevant(qid: str, qrels: Mapping[str, Mapping[str, int]] | None) -> None:
+    """Warn when the hit dropped for being the query's own id is judged relevant to that query."""
+    rel = (qrels or {}).get(qid, {}).get(qid, 0)
+    if rel > 0:
+        logger.warning(
+            "ignore_identical_ids dropped doc %r from the hits of query %r although the qrels judge it "
+            "relevant (relevance %s): the query and doc ids are probably separate namespaces here; "
+            "turn ignore_identical_ids off for this dataset",
+            qid, qid, rel,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,15 +199,27 @@ class Retriever:
         self,
         queries: Mapping[str, str],
         k: int = 100,
-        ignore_identical_ids: bool = True,
+        ignore_identical_ids: bool = False,
+        qrels: Mapping[str, Mapping[str, int]] | None = None,
     ) -> Run:
         """Search every query and return a run dict ``{qid: {doc_id: score}}`` of at most ``k`` hits.
 
-        With ``ignore_identical_ids`` (MTEB's default) a hit whose doc id equals the query id is
-        dropped; ``k + 1`` hits are fetched first so that ``k`` remain.
+        Args:
+            queries: ``{qid: text}``.
+            k: hits per query.
+            ignore_identical_ids: drop a hit whose doc id equals the query id (``k + 1`` hits are
+                fetched so that ``k`` remain). Off by default: only for collections whose queries are
+                drawn from the corpus (ArguAna, Quora; see the module docstring).
+            qrels: optional judgements ``{qid: {doc_id: relevance}}``: a dropped hit judged relevant
+                (> 0) there is logged as a warning naming the query and the document.
+
+        Returns:
+            ``{qid: {doc_id: score}}``, each query's hits best first.
 
         >>> bm25 = BM25Retriever({"a": "water the basil", "b": "prune the roses"})
-        >>> bm25.run({"a": "basil water"}, k=1)          # "a" is the query's own id: dropped
+        >>> list(bm25.run({"a": "basil water"}, k=1)["a"])
+        ['a']
+        >>> bm25.run({"a": "basil water"}, k=1, ignore_identical_ids=True)   # ArguAna-style self-hit dropped
         {'a': {}}
         """
         k = _check_k(k)
@@ -169,7 +230,10 @@ class Retriever:
         out: Run = {}
         for qid, row in zip(qids, hits):
             if ignore_identical_ids:
-                row = [(d, s) for d, s in row if d != qid]
+                kept = [(d, s) for d, s in row[: k + 1] if d != qid]
+                if len(kept) < len(row[: k + 1]):
+                    _warn_if_relevant(qid, qrels)
+                row = kept
             out[qid] = {d: float(s) for d, s in row[:k]}
         return out
 
@@ -352,6 +416,7 @@ class BM25Retriever(Retriever):
 
         self.corpus = _as_corpus(corpus)
         self.doc_ids = list(self.corpus)
+        self._id_array = np.array(self.doc_ids, dtype=object)
         self.stemmer = _english_stemmer(stemmer)
         self.stopwords = stopwords
         self.show_progress = show_progress
@@ -385,14 +450,13 @@ class BM25Retriever(Retriever):
         texts = _check_texts(query_texts)
         k = _check_k(k)
         out: Hits = []
-        n = len(self.doc_ids)
         for text in texts:
             s = self.scores(text)
-            kk = min(k, n)
-            top = np.argpartition(-s, kk - 1)[:kk] if kk < n else np.arange(n)
-            # best first; ties by doc id descending, as bgekit.metrics ranks them
-            row = {self.doc_ids[i]: float(s[i]) for i in top if s[i] > 0}
-            out.append([(d, row[d]) for d in _fused_order(row)])
+            hit = np.flatnonzero(s > 0)
+            ids = self._id_array[hit]
+            # the package's one total order (score, then doc id descending): a prefix of any deeper top k
+            top = rank_order(ids, s[hit], k)
+            out.append([(ids[j], float(s[hit[j]])) for j in top])
         return out
 
 
@@ -402,13 +466,16 @@ class BM25Retriever(Retriever):
 class HybridRetriever(Retriever):
     """Fuse several retrievers (typically dense + BM25) with reciprocal-rank fusion.
 
-    Each retriever is searched to ``depth`` hits (at least ``k``) and the lists are fused with
-    :func:`rrf`. Scores are RRF scores (small numbers, only their order matters).
+    Each retriever is searched to ``depth`` hits and the lists are fused with :func:`rrf`;
+    ``search(texts, k)`` returns the first ``k`` of that one fused list, so a top ``k`` is always
+    the prefix of a deeper one. The fused list holds at most ``len(retrievers) * depth`` documents:
+    for more hits than that, raise ``depth``. Scores are RRF scores (small numbers, only their order
+    matters).
 
     Args:
         retrievers: two or more retrievers over the same corpus (the first one's corpus is kept).
         k_rrf: the RRF constant (60, as in the original paper).
-        depth: hits taken from each retriever before fusion.
+        depth: hits taken from each retriever before fusion (the same for every ``k``).
         weights: optional per-retriever weights.
 
     >>> hybrid = HybridRetriever([dense, bm25])           # doctest: +SKIP
@@ -443,14 +510,17 @@ class HybridRetriever(Retriever):
         self.doc_ids = list(getattr(retrievers[0], "doc_ids", self.corpus))
 
     def search(self, query_texts: Sequence[str], k: int = 10) -> Hits:
-        """Top ``k`` fused documents per query, ``[[(doc_id, rrf_score), ...], ...]``."""
+        """Top ``k`` fused documents per query, ``[[(doc_id, rrf_score), ...], ...]``.
+
+        Fuses each retriever's top ``depth`` whatever ``k`` is (a deeper member search would change
+        the fused scores, and with them the order of the first hits).
+        """
         texts = _check_texts(query_texts)
         k = _check_k(k)
-        depth = max(k, self.depth)
         keys = [str(i) for i in range(len(texts))]
         runs = []
         for r in self.retrievers:
-            hits = r.search(texts, depth)
+            hits = r.search(texts, self.depth)
             runs.append({key: dict(row) for key, row in zip(keys, hits)})
         fused = rrf(runs, k_rrf=self.k_rrf, top_k=k, weights=self.weights)
         return [list(fused.get(key, {}).items()) for key in keys]
@@ -478,14 +548,17 @@ def retrieve_runs(
     k_rrf: int = 60,
     index_kind: str = "flat",
     batch_size: int | None = None,
-    ignore_identical_ids: bool = True,
+    ignore_identical_ids: bool = False,
     show_progress: bool | None = None,
+    qrels: Mapping[str, Mapping[str, int]] | None = None,
+    hybrid_depth: int = 100,
 ) -> dict[str, Run]:
     """Runs ``{method: {qid: {doc_id: score}}}`` of depth ``k`` for dense, BM25 and/or hybrid.
 
-    The hybrid run fuses the dense and BM25 runs (each of depth ``max(k, 100)``) with :func:`rrf`,
-    so nothing is searched twice. ``encoder_or_model`` is an ``Encoder`` or a model name/folder
-    (only needed for dense and hybrid).
+    The hybrid run fuses the top ``hybrid_depth`` of the dense and BM25 runs with :func:`rrf` (the
+    same depth for every ``k``, as :class:`HybridRetriever`), so nothing is searched twice.
+    ``encoder_or_model`` is an ``Encoder`` or a model name/folder (only needed for dense and hybrid).
+    ``ignore_identical_ids`` and ``qrels``: see :meth:`Retriever.run` (off by default).
 
     >>> runs = retrieve_runs(data.corpus, data.queries, "BAAI/bge-small-en-v1.5")  # doctest: +SKIP
     >>> sorted(runs)                                                                # doctest: +SKIP
@@ -493,22 +566,29 @@ def retrieve_runs(
     """
     methods = _check_methods(methods)
     k = _check_k(k)
-    depth = max(k, 100) if "hybrid" in methods else k
+    hybrid_depth = _check_k(hybrid_depth, "hybrid_depth")
+    depth = max(k, hybrid_depth) if "hybrid" in methods else k
     base: dict[str, Run] = {}
+    kw = {"ignore_identical_ids": ignore_identical_ids, "qrels": qrels}
     if "dense" in methods or "hybrid" in methods:
         dense = DenseRetriever(
             encoder_or_model, corpus, index_kind=index_kind, batch_size=batch_size, show_progress=show_progress
         )
-        base["dense"] = dense.run(queries, k=depth, ignore_identical_ids=ignore_identical_ids)
+        base["dense"] = dense.run(queries, k=depth, **kw)
     if "bm25" in methods or "hybrid" in methods:
         bm25 = BM25Retriever(corpus)
-        base["bm25"] = bm25.run(queries, k=depth, ignore_identical_ids=ignore_identical_ids)
+        base["bm25"] = bm25.run(queries, k=depth, **kw)
+
+    def cut(run: Run, n: int) -> Run:  # runs come best first (rank_documents' order): a cut is a prefix
+        return {q: dict(list(hits.items())[:n]) for q, hits in run.items()}
+
     out: dict[str, Run] = {}
     for m in methods:
         if m == "hybrid":
-            out[m] = rrf([base["dense"], base["bm25"]], k_rrf=k_rrf, top_k=k)
+            members = [cut(base["dense"], hybrid_depth), cut(base["bm25"], hybrid_depth)]
+            out[m] = rrf(members, k_rrf=k_rrf, top_k=k)
         else:
-            out[m] = {q: dict(list(hits.items())[:k]) for q, hits in base[m].items()}
+            out[m] = cut(base[m], k)
     return out
 
 
@@ -522,13 +602,16 @@ def evaluate_retrieval(
     k_rrf: int = 60,
     index_kind: str = "flat",
     batch_size: int | None = None,
-    ignore_identical_ids: bool = True,
+    ignore_identical_ids: bool | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate dense, BM25 and hybrid retrieval on a BEIR folder: ``{method: {"ndcg@10": ..., ...}}``.
 
     MTEB conventions throughout (see the module docstring), so on SciFact's test split
     ``BAAI/bge-large-en-v1.5`` gives nDCG@10 0.746 and all-MiniLM-L6-v2 0.645.
+    ``ignore_identical_ids``: ``None`` (default) follows the dataset's published protocol,
+    on only for the datasets in :data:`IGNORE_IDENTICAL_IDS` (recognised by the folder's name,
+    e.g. ``arguana``); ``True``/``False`` force it. A dropped hit judged relevant is logged as a warning.
 
     >>> table = evaluate_retrieval("scifact", "BAAI/bge-large-en-v1.5", methods=["dense"])  # doctest: +SKIP
     >>> round(table["dense"]["ndcg@10"], 3)                                                  # doctest: +SKIP
@@ -539,6 +622,10 @@ def evaluate_retrieval(
 
     ks = tuple(ks)
     data = load_beir(data_dir, split=split)
+    if ignore_identical_ids is None:
+        ignore_identical_ids = ignore_identical_ids_for(data_dir)
+        if ignore_identical_ids:
+            logger.info("%s: dropping hits whose id equals the query id (the dataset's published protocol)", data_dir)
     runs = retrieve_runs(
         data.corpus,
         data.queries,
@@ -550,6 +637,7 @@ def evaluate_retrieval(
         batch_size=batch_size,
         ignore_identical_ids=ignore_identical_ids,
         show_progress=show_progress,
+        qrels=data.qrels,
     )
     metrics = tuple(metrics) if metrics is not None else METRICS
     return {m: evaluate(run, data.qrels, ks=ks, metrics=metrics) for m, run in runs.items()}

@@ -17,3 +17,12 @@ def test_import_is_lazy():
     code = "import sys, bgekit; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_version_comes_from_the_package_metadata():
+    import tomllib
+    from importlib.metadata import version
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert bgekit.__version__ == version("bgekit") == pyproject["project"]["version"]

@@ -28,7 +28,7 @@ QUERIES = {
     "t2": "seedlings keep flopping over",
     "t3": "when should I water a cactus",
     "t4": "little flies in my houseplant soil",
-    "p5": "how do I make basil bushier",  # shares its id with a passage: MTEB drops that hit
+    "p5": "how do I make basil bushier",  # shares its id with a passage: kept unless asked (ArguAna/Quora only)
 }
 QRELS = {"t1": {"p1": 2}, "t2": {"p2": 1}, "t3": {"p3": 1, "p6": 1}, "t4": {"p4": 1, "p6": 0}, "p5": {"p1": 1}}
 
@@ -95,7 +95,7 @@ def test_eval_prints_the_metrics_of_the_runs(tmp_path, offline_model):
     enc = Encoder(offline_model, device="cpu", show_progress=False)
     dense = DenseRetriever(enc, corpus).run(QUERIES, k=100)
     bm25 = BM25Retriever(corpus).run(QUERIES, k=100)
-    assert all("p5" not in hits for hits in (dense["p5"], bm25["p5"]))  # the identical id is dropped
+    assert all("p5" in hits for hits in (dense["p5"], bm25["p5"]))  # the identical id is kept by default
     ks = (1, 3, 10)
     expect = {
         "dense": evaluate({q: dict(list(h.items())[:10]) for q, h in dense.items()}, QRELS, ks=ks),
@@ -108,6 +108,32 @@ def test_eval_prints_the_metrics_of_the_runs(tmp_path, offline_model):
         for key, val in table.items():
             assert printed[method][key] == pytest.approx(val, abs=5e-5), (method, key)  # printed with 4 digits
             assert saved[method][key] == pytest.approx(val, abs=1e-12), (method, key)
+
+
+def test_eval_identical_ids_kept_unless_asked_and_a_dropped_relevant_hit_is_reported(tmp_path):
+    # query "1" is judged relevant to doc "1": separate namespaces, so the hit must count
+    docs = {"1": ("Watering cacti", "Water a cactus every two to three weeks, only when the soil is dry."),
+            "2": ("Pruning roses", "Cut rose stems back by a third in early spring."),
+            "3": ("Basil", "Pinch basil tips so the plant branches.")}
+    root = tmp_path / "cactus"
+    root.mkdir()
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": t, "text": x}) + "\n" for d, (t, x) in docs.items()), encoding="utf-8")
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "1", "text": "how often should I water my cactus"}) + "\n",
+                                        encoding="utf-8")
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t1\t1\n", encoding="utf-8")
+    args = ("eval", "--data", str(root), "--methods", "bm25", "--k", "10", "--metrics", "recall")
+    kept = run_cli(*args)
+    assert kept.returncode == 0, kept.stderr
+    assert parse_tables(kept.stdout) == {"bm25": {"recall@10": 1.0}}
+    assert "relevant" not in kept.stderr
+    dropped = run_cli(*args, "--ignore-identical-ids")
+    assert dropped.returncode == 0, dropped.stderr
+    assert parse_tables(dropped.stdout) == {"bm25": {"recall@10": 0.0}}
+    assert "dropped doc '1' from the hits of query '1'" in dropped.stderr and "relevant" in dropped.stderr
+    both = run_cli(*args, "--ignore-identical-ids", "--keep-identical-ids")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
 def test_eval_bm25_only_needs_no_model_and_bad_input_is_reported(tmp_path):

@@ -179,3 +179,26 @@ def test_course_data_dir_default(monkeypatch):
     else:
         with pytest.raises(FileNotFoundError, match="BGEKIT_DATA"):
             course_data_dir()
+
+
+# --------------------------------------------------------------------- byte-order mark (Windows tools)
+BOM = "\ufeff"
+
+
+def test_every_text_input_accepts_a_byte_order_mark(tmp_path, beir):
+    plain = load_beir(beir, "test")
+    bom = tmp_path / "bom"
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        _write(bom / name, BOM + (beir / name).read_text(encoding="utf-8"))
+    got = load_beir(bom, "test")
+    assert (got.corpus, got.queries, got.qrels) == (plain.corpus, plain.queries, plain.qrels)
+    assert "\ufeff" not in "".join(got.corpus) + "".join(got.queries)  # the mark never becomes part of an id
+    rows = [{"query": "q", "pos": ["p"], "neg": ["n"]}, {"query": "q2", "pos": ["p2"]}]
+    train = _write(tmp_path / "train.jsonl", BOM + _jsonl(rows))
+    assert load_training_jsonl(train) == rows
+
+
+def test_a_byte_order_mark_inside_a_file_is_still_an_error(tmp_path):
+    path = _write(tmp_path / "train.jsonl", _jsonl([{"query": "q", "pos": ["p"]}]) + BOM + _jsonl([{"query": "q"}]))
+    with pytest.raises(ValueError, match=r"train.jsonl:2: invalid JSON"):
+        load_training_jsonl(path)

@@ -70,6 +70,21 @@ def test_matches_sentence_transformers(minilm_path, encoder):
     np.testing.assert_allclose(encoder.encode(texts, batch_size=5), want, atol=1e-5)
 
 
+def test_convert_to_numpy_false_returns_a_torch_tensor_as_sentence_transformers(minilm_path, encoder):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(minilm_path), device="cpu")
+    got = encoder.encode(TEXTS, convert_to_numpy=False)
+    want = st.encode(TEXTS, convert_to_tensor=True, normalize_embeddings=True)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and got.shape == (len(TEXTS), 384)
+    torch.testing.assert_close(got, want.cpu(), atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got.numpy(), encoder.encode(TEXTS))
+    q = encoder.encode_queries(["dry brown leaf tips"], convert_to_numpy=False)
+    assert isinstance(q, torch.Tensor) and q.shape == (1, 384)
+    empty = encoder.encode([], convert_to_numpy=False)
+    assert isinstance(empty, torch.Tensor) and empty.shape == (0, 384)
+
+
 def test_input_order_kept_under_length_sorting(encoder):
     one_by_one = np.stack([encoder.encode([t])[0] for t in TEXTS])
     np.testing.assert_allclose(encoder.encode(TEXTS, batch_size=2), one_by_one, atol=1e-5)

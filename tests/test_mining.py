@@ -410,3 +410,45 @@ def test_use_gpu_for_searching_without_a_gpu_warns_and_mines_the_same(enc, miner
         report = gpu.mine("1-20", 3, seed=1)
     assert "use_gpu_for_searching" in caplog.text and not gpu.on_gpu
     assert report.output_rows == miner.mine("1-20", 3, seed=1).output_rows
+
+
+# ------------------------------------------------------------------ ties: one order for every cut
+def test_rank_cut_is_a_prefix_of_a_deeper_cut_under_ties(enc):
+    from bgekit.metrics import rank_order
+
+    base = ["Water a cactus every two weeks in summer.", "Basil likes warm sun and moist soil.",
+            "Prune roses in early spring.", "Tune the low string first."]
+    # four spellings of each text: different strings (kept apart by the de-duplication), the same
+    # tokens for the lower-casing tokenizer, so the same vector: exact ties
+    pool = [v for t in base for v in (t, t.upper(), t.lower(), t.title())]
+    rows = [{"query": "how often should I water my cactus", "pos": ["Cacti need little water."]},
+            {"query": "when do I cut back my roses", "pos": ["Rose care."]}]
+    deep = HardNegativeMiner(enc, rows, pool)
+    ranked = [deep.ranked_candidates(r) for r in range(len(rows))]
+    for pos, scores in ranked:
+        assert len(pos) == len(pool) and len(set(scores)) == len(base), "the test needs ties"
+        # the metrics' order over the index's ids (pool positions as strings)
+        assert [pos[i] for i in rank_order([str(p) for p in pos], scores)] == pos
+    for k in (1, 2, 3, 4, 5, 7, 11, 16):
+        fresh = HardNegativeMiner(enc, rows, pool)  # nothing cached: a search of depth k
+        for r, (pos, scores) in enumerate(ranked):
+            assert fresh.ranked_candidates(r, k) == (pos[:k], scores[:k]), (r, k)
+    # a range cut [0, k) with k negatives takes exactly the first k of the deep ranking
+    for k in (1, 3, 5, 9):
+        report = HardNegativeMiner(enc, rows, pool).mine(f"0-{k}", negative_number=k, seed=0)
+        for r, row in enumerate(report.output_rows):
+            assert sorted(row["neg"]) == sorted(pool[p] for p in ranked[r][0][:k]), (r, k)
+
+
+def test_training_file_and_candidate_pool_with_a_byte_order_mark(enc, tmp_path):
+    rows, pool = make_rows(), make_pool()
+    train = tmp_path / "train.jsonl"
+    train.write_text("\ufeff" + "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    pool_file = tmp_path / "pool.jsonl"
+    pool_file.write_text("\ufeff" + "".join(json.dumps({"text": t}) + "\n" for t in pool), encoding="utf-8")
+    with_bom = HardNegativeMiner(enc, train, pool_file)
+    plain = HardNegativeMiner(enc, rows, pool)
+    assert with_bom.rows == plain.rows and with_bom.pool == plain.pool
+    a = with_bom.mine("0-10", negative_number=3, seed=1)
+    b = plain.mine("0-10", negative_number=3, seed=1)
+    assert a.output_rows == b.output_rows

@@ -40,6 +40,18 @@ def test_sentence_transformers_folder_metadata_is_read(minilm_path, tmp_path):
     assert (spec.pooling, spec.max_length, spec.normalize) == ("mean", 256, True)
 
 
+def test_folder_metadata_with_a_byte_order_mark_is_read(minilm_path, tmp_path):
+    import shutil
+
+    copy = tmp_path / "mini"
+    shutil.copytree(minilm_path, copy)
+    for name in ("1_Pooling/config.json", "sentence_bert_config.json", "modules.json"):
+        path = copy / name
+        path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")  # as some Windows tools save
+    spec = models.get_spec(str(copy))
+    assert (spec.pooling, spec.max_length, spec.normalize) == ("mean", 256, True)
+
+
 def test_unknown_model_defaults_to_cls_with_a_warning(caplog):
     with caplog.at_level("WARNING"):
         spec = models.get_spec("someone/unknown-model")

@@ -1,6 +1,8 @@
 """Reranker scores against an independent reference: a hand-written transformers forward pass, pair by pair."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -297,3 +299,86 @@ def test_bf16_scores_close_to_fp32(reranker_dir, rr, ref):
     got = torch.tensor(bf.compute_score(PAIRS))
     # bfloat16 keeps 8 bits of mantissa: about 2-3 significant digits; the order of clearly apart scores holds
     assert torch.allclose(got, ref, atol=0.1 + 0.02 * ref.abs().max().item())
+
+
+# --- truncation is a warning, as in the encoder ---------------------------------------------
+def test_truncation_warns_once_per_call_like_the_encoder(rr, caplog):
+    import logging
+
+    long = "grow lights for seedlings " * 200
+    with caplog.at_level(logging.WARNING, logger="bgekit"):
+        rr.compute_score([(Q1, long), (Q1, "short"), (Q2, long)])
+        rr.rerank_run({"qa": {"d1": 1.0, "d2": 0.5}}, {"qa": Q1}, {"d1": long, "d2": "short"})
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "bgekit.reranker"]
+    assert msgs == ["2 of 3 pairs were longer than 512 tokens and were truncated",
+                    "1 of 2 pairs were longer than 512 tokens and were truncated"]
+
+
+def test_truncation_count_is_exact_at_the_boundary(rr, caplog):
+    import logging
+
+    pair = (Q1, PAIRS[1][1])
+    n = len(rr.tokenizer([pair[0]], [pair[1]])["input_ids"][0])  # the whole pair, special tokens included
+    with caplog.at_level(logging.WARNING, logger="bgekit.reranker"):
+        rr.compute_score([pair], max_length=n)       # fits exactly: nothing cut, nothing said
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="bgekit.reranker"):
+        rr.compute_score([pair], max_length=n - 1)
+    assert [r.getMessage() for r in caplog.records] == [f"1 of 1 pairs were longer than {n - 1} tokens and were truncated"]
+    assert tokenize_pairs(rr.tokenizer, [pair, pair], n)[1] == 0
+    assert tokenize_pairs(rr.tokenizer, [pair, (Q1, "short")], n - 1)[1] == 1
+
+
+# --- ties: the top k is a prefix of a deeper top k, cut by the metrics' order ----------------------
+TIED = ["Water a cactus when the soil is dry.", "Basil likes warmth.", "WATER A CACTUS WHEN THE SOIL IS DRY.",
+        "Tomatoes need full sun.", "basil likes warmth.", "Water a cactus when the soil is dry.",
+        "Basil likes warmth.", "tomatoes need full sun."]  # the tokenizer lower-cases: 3 tie groups
+TIED_IDS = ["d4", "d11", "d7", "d2", "d30", "d10", "d9", "d1"]
+
+
+def test_rerank_top_k_is_a_prefix_under_ties(rr):
+    from bgekit.metrics import rank_documents
+
+    full = rr.rerank(Q1, TIED, ids=TIED_IDS)
+    scores = [r["score"] for r in full]
+    assert len(set(scores)) == 3, "the test needs ties"
+    assert [r["id"] for r in full] == rank_documents({r["id"]: r["score"] for r in full})  # id descending in a tie
+    assert all(TIED_IDS[r["index"]] == r["id"] and TIED[r["index"]] == r["text"] for r in full)
+    plain = rr.rerank(Q1, TIED)
+    for k in range(1, len(TIED) + 1):
+        assert rr.rerank(Q1, TIED, top_k=k, ids=TIED_IDS) == full[:k]
+        assert rr.rerank(Q1, TIED, top_k=k) == plain[:k]
+    # without ids, equal scores keep input order
+    for a, b in itertools.pairwise(plain):
+        assert a["score"] > b["score"] or (a["score"] == b["score"] and a["index"] < b["index"])
+    with pytest.raises(ValueError, match="one doc id per passage"):
+        rr.rerank(Q1, TIED, ids=TIED_IDS[:3])
+    with pytest.raises(ValueError, match="distinct"):
+        rr.rerank(Q1, TIED[:2], ids=["a", "a"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rerank_run_cuts_the_first_stage_by_the_metrics_order(rr, seed):
+    import random
+
+    from bgekit.metrics import rank_documents
+
+    rnd = random.Random(seed)
+    corpus = dict(zip(TIED_IDS, TIED))
+    # first-stage scores with many ties, inserted in a random order (dict order must not matter)
+    ids = TIED_IDS[:]
+    rnd.shuffle(ids)
+    run = {"q": {d: rnd.choice([0.5, 0.7, 0.9]) for d in ids}}
+    deep = rr.rerank_run(run, {"q": Q1}, corpus)
+    assert list(deep["q"]) == rank_documents(deep["q"])  # best first, by the same order
+    for k in range(1, len(ids) + 1):
+        got = rr.rerank_run(run, {"q": Q1}, corpus, k=k)["q"]
+        assert set(got) == set(rank_documents(run["q"])[:k]), k
+        assert list(got) == rank_documents(got)
+        assert got == pytest.approx({d: deep["q"][d] for d in got}, abs=1e-5)
+
+
+def test_rerank_run_tie_at_the_cut_example(rr):
+    run = {"q": {"d1": 0.5, "d2": 0.5, "d3": 0.5, "d0": 0.9}}
+    got = rr.rerank_run(run, {"q": Q1}, dict(zip(["d0", "d1", "d2", "d3"], TIED[:4])), k=2)
+    assert set(got["q"]) == {"d0", "d3"}  # trec_eval ranks d3 before d2 before d1

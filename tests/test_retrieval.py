@@ -249,14 +249,14 @@ def test_dense_hnsw_and_bad_embeddings(encoder):
         DenseRetriever(encoder, corpus, embeddings=flat.embeddings[:3])
 
 
-def test_identical_id_hit_is_dropped(encoder):
+def test_identical_id_hit_is_dropped_when_asked(encoder):
     corpus = corpus_dict()
     # a query whose id and text are those of a corpus document (ArguAna/Quora style)
     queries = {"d3": DOCS["d3"][0] + " " + DOCS["d3"][1], "q1": QUERIES["q1"]}
     for retriever in (DenseRetriever(encoder, corpus), BM25Retriever(corpus)):
-        kept = retriever.run(queries, k=4, ignore_identical_ids=False)
+        kept = retriever.run(queries, k=4)  # the default keeps it
         assert next(iter(kept["d3"])) == "d3"  # it finds itself first
-        run = retriever.run(queries, k=3)
+        run = retriever.run(queries, k=3, ignore_identical_ids=True)
         # k + 1 hits are fetched, the identical one dropped, so k remain, in order
         assert list(run["d3"]) == [d for d in kept["d3"] if d != "d3"][:3]
         assert len(run["d3"]) == 3
@@ -289,3 +289,145 @@ def test_evaluate_retrieval_equals_metrics_on_runs(tmp_path, encoder):
     assert only_bm25 == {"bm25": pytest.approx(ref, abs=1e-12)}
     with pytest.raises(ValueError, match="unknown retrieval method"):
         evaluate_retrieval(root, encoder, methods=["splade"])
+
+
+# ------------------------------------------------- query id = doc id (fault: relevant hit dropped)
+CACTUS_DOCS = {
+    "1": ("Watering cacti", "Water a cactus every two to three weeks in summer, and only when the soil is dry."),
+    "2": ("Pruning roses", "Cut rose stems back by a third in early spring, just above an outward-facing bud."),
+    "3": ("Basil", "Pinch basil tips so the plant branches instead of flowering."),
+}
+CACTUS_QUERIES = {"1": "how often should I water my cactus"}  # query ids and doc ids: separate namespaces
+CACTUS_QRELS = {"1": {"1": 1}}
+
+
+def test_hit_whose_id_equals_the_query_id_is_kept_by_default(tmp_path, encoder):
+    root = write_beir(tmp_path / "cactus", CACTUS_DOCS, CACTUS_QUERIES, CACTUS_QRELS)
+    table = evaluate_retrieval(root, encoder, ks=(10,), metrics=("recall",))
+    assert table == {m: {"recall@10": 1.0} for m in ("dense", "bm25", "hybrid")}
+    corpus = corpus_dict(CACTUS_DOCS)
+    for retriever in (DenseRetriever(encoder, corpus), BM25Retriever(corpus)):
+        assert next(iter(retriever.run(CACTUS_QUERIES, k=10)["1"])) == "1"
+    runs = retrieve_runs(corpus, CACTUS_QUERIES, encoder, k=10)
+    assert all(next(iter(run["1"])) == "1" for run in runs.values())
+
+
+def test_dropping_a_relevant_identical_id_hit_warns_naming_query_and_doc(tmp_path, encoder, caplog):
+    root = write_beir(tmp_path / "cactus", CACTUS_DOCS, CACTUS_QUERIES, CACTUS_QRELS)
+    with caplog.at_level("WARNING", logger="bgekit.retrieval"):
+        table = evaluate_retrieval(root, encoder, ks=(10,), metrics=("recall",), ignore_identical_ids=True)
+    assert table == {m: {"recall@10": 0.0} for m in ("dense", "bm25", "hybrid")}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "bgekit.retrieval"]
+    assert len(warned) == 2  # once per searched run (dense, BM25); hybrid fuses those runs
+    assert all("doc '1'" in w and "query '1'" in w and "relevant" in w for w in warned)
+    caplog.clear()
+    bm25 = BM25Retriever(corpus_dict(CACTUS_DOCS))
+    with caplog.at_level("WARNING", logger="bgekit.retrieval"):
+        run = bm25.run(CACTUS_QUERIES, k=10, ignore_identical_ids=True, qrels={"1": {"2": 1, "1": 0}})
+    assert "1" not in run["1"]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # dropped doc not judged relevant: quiet
+
+
+def test_known_datasets_filter_identical_ids_by_default(tmp_path):
+    from bgekit.retrieval import IGNORE_IDENTICAL_IDS, ignore_identical_ids_for
+
+    assert {"arguana", "quora"} <= set(IGNORE_IDENTICAL_IDS)
+    assert ignore_identical_ids_for(tmp_path / "ArguAna") and ignore_identical_ids_for("beir/quora/")
+    assert not ignore_identical_ids_for("scifact") and not ignore_identical_ids_for(tmp_path / "data")
+    # ArguAna style: the query is an argument that is also in the corpus; its counter-argument is the answer
+    docs = {
+        "a1": ("", "Zoos protect endangered animals and breed them for release into the wild."),
+        "a2": ("", "Zoos keep animals in small enclosures; breeding programmes rarely release animals into the wild."),
+        "a3": ("", "School uniforms reduce bullying about clothes."),
+    }
+    queries = {"a1": docs["a1"][1]}
+    qrels = {"a1": {"a2": 1}}
+    on = evaluate_retrieval(write_beir(tmp_path / "arguana", docs, queries, qrels), None, methods="bm25",
+                            ks=(1,), metrics=("ndcg",))
+    off = evaluate_retrieval(write_beir(tmp_path / "my-debates", docs, queries, qrels), None, methods="bm25",
+                             ks=(1,), metrics=("ndcg",))
+    assert on == {"bm25": {"ndcg@1": 1.0}}  # its own copy dropped: the counter-argument is first
+    assert off == {"bm25": {"ndcg@1": 0.0}}  # kept: it finds itself first
+    forced = evaluate_retrieval(tmp_path / "my-debates", None, methods="bm25", ks=(1,), metrics=("ndcg",),
+                                ignore_identical_ids=True)
+    assert forced == on
+
+
+# ------------------------------------------------------------ ties: top k is a prefix of a deeper top k
+TIE_WORDS = ("water", "basil", "cactus", "rose", "soil", "sun", "prune", "leaf")
+
+
+def tied_corpus(seed: int, n_docs: int = 30, n_texts: int = 6) -> dict[str, str]:
+    """Few distinct texts, many copies each, ids in shuffled order: most scores tie."""
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(TIE_WORDS, size=int(rng.integers(1, 4)), replace=False)) for _ in range(n_texts)]
+    ids = [f"d{i}" for i in rng.permutation(n_docs)]  # "d9" > "d10" as strings: the order is not insertion order
+    return {d: texts[int(rng.integers(n_texts))] for d in ids}
+
+
+def tied_queries(seed: int) -> list[str]:
+    rng = np.random.default_rng(seed + 1000)
+    return [" ".join(rng.choice(TIE_WORDS, size=2, replace=False)) for _ in range(4)]
+
+
+def assert_prefix_property(retriever, queries, n):
+    from bgekit.metrics import rank_documents
+
+    full = retriever.search(queries, k=n)
+    for row in full:
+        assert len({s for _, s in row}) < len(row), "the test needs ties"
+        # best first by the metrics' own order (score, then doc id descending)
+        assert [d for d, _ in row] == rank_documents(dict(row))
+    for k in range(1, n + 1):
+        assert retriever.search(queries, k=k) == [row[:k] for row in full], k
+
+
+def tied_dense(encoder, corpus):
+    """A dense retriever whose copies of a text have one and the same vector (as one batch gives them)."""
+    uniq = sorted(set(corpus.values()))
+    vecs = dict(zip(uniq, encoder.encode(uniq)))
+    return DenseRetriever(encoder, corpus, embeddings=np.stack([vecs[t] for t in corpus.values()]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bm25_top_k_is_a_prefix_under_ties(seed):
+    corpus = tied_corpus(seed)
+    bm25 = BM25Retriever(corpus, stemmer=None)
+    n = max(len(r) for r in bm25.search(tied_queries(seed), k=len(corpus)))
+    assert_prefix_property(bm25, tied_queries(seed), n)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dense_top_k_is_a_prefix_under_ties(seed, encoder):
+    corpus = tied_corpus(seed)
+    assert_prefix_property(tied_dense(encoder, corpus), tied_queries(seed), len(corpus))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hybrid_top_k_is_a_prefix_under_ties(seed, encoder):
+    corpus = tied_corpus(seed)
+    dense, bm25 = tied_dense(encoder, corpus), BM25Retriever(corpus, stemmer=None)
+    hybrid = HybridRetriever([dense, bm25], depth=8)  # k beyond depth: still one fused list
+    assert_prefix_property(hybrid, tied_queries(seed), len(corpus))
+    n = len(corpus)
+    # and run() cuts the same list
+    queries = {f"q{i}": t for i, t in enumerate(tied_queries(seed))}
+    deep = hybrid.run(queries, k=n)
+    for k in (1, 3, 8, n):
+        assert {q: list(r) for q, r in hybrid.run(queries, k=k).items()} == {q: list(r)[:k] for q, r in deep.items()}
+
+
+def test_six_identical_passages_rank_the_same_at_every_depth(encoder):
+    # the issue's example: nDCG@1 must not depend on how deep you retrieve
+    corpus = {f"p{i}": "Water a cactus only when the soil is completely dry." for i in range(1, 7)}
+    dense = DenseRetriever(encoder, corpus)
+    assert (dense.embeddings == dense.embeddings[0]).all()  # one batch: exact copies, so exact ties
+    top6 = dense.search(["how often should I water a cactus"], k=6)[0]
+    assert [d for d, _ in top6] == ["p6", "p5", "p4", "p3", "p2", "p1"]  # doc id descending, as trec_eval
+    assert [dense.search(["how often should I water a cactus"], k=k)[0] for k in range(1, 7)] == [
+        top6[:k] for k in range(1, 7)
+    ]
+    qrels = {"q": {"p6": 1}}
+    ndcg1 = [evaluate(dense.run({"q": "how often should I water a cactus"}, k=k), qrels, ks=(1,))["ndcg@1"]
+             for k in range(1, 7)]
+    assert ndcg1 == [1.0] * 6
