@@ -31,8 +31,10 @@ _EXPORTS: dict[str, str] = {
     "load_training_jsonl": "data", "write_jsonl": "data",
     "DenseIndex": "index",
     "evaluate": "metrics", "format_table": "metrics",
-    "DenseRetriever": "retrieval", "BM25Retriever": "retrieval", "HybridRetriever": "retrieval", "rrf": "retrieval",
+    "DenseRetriever": "retrieval", "BM25Retriever": "retrieval", "HybridRetriever": "retrieval",
     "evaluate_retrieval": "retrieval",
+    # fusion: rank fusion and score interpolation
+    "rrf": "fusion", "fuse_scores": "fusion", "tune_fusion_weight": "fusion",
     # reranking, mining, training, merging
     "Reranker": "reranker",
     "mine_hard_negatives": "mining", "MiningReport": "mining", "HardNegativeMiner": "mining",
@@ -72,5 +74,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .rag import RAGResult
     from .reranker import Reranker
     from .training import RerankerTrainArgs, TrainArgs, train_embedder, train_reranker
-    from .retrieval import BM25Retriever, DenseRetriever, HybridRetriever, evaluate_retrieval, rrf
+    from .retrieval import BM25Retriever, DenseRetriever, HybridRetriever, evaluate_retrieval
+    from .fusion import fuse_scores, rrf, tune_fusion_weight
     from .models import ModelLoadError, ModelSpec, get_spec, offline_model_path, resolve_model

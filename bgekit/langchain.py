@@ -17,7 +17,10 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .types import EmbedderLike
 
 try:  # optional dependency
     from langchain_core.embeddings import Embeddings as _Base
@@ -34,8 +37,8 @@ class BGEEmbeddings(_Base):  # type: ignore[misc,valid-type]
     """LangChain ``Embeddings`` over a bgekit ``Encoder``.
 
     Args:
-        encoder: an existing :class:`bgekit.Encoder`; if None, one is built from
-            ``model_name_or_path`` and ``encoder_kw`` (default: the course's embedder).
+        encoder: an existing :class:`bgekit.Encoder` (or any :class:`~bgekit.types.EmbedderLike`); if None,
+            one is built from ``model_name_or_path`` and ``encoder_kw`` (default: the course's embedder).
         query_instruction: override the model's query instruction (``""`` for none).
         batch_size: texts per forward pass.
 
@@ -47,7 +50,7 @@ class BGEEmbeddings(_Base):  # type: ignore[misc,valid-type]
 
     def __init__(
         self,
-        encoder: Any = None,
+        encoder: EmbedderLike | None = None,
         model_name_or_path: str | None = None,
         query_instruction: str | None = None,
         batch_size: int | None = None,

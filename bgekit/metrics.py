@@ -42,6 +42,8 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 
+from .types import Qrels, Run
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -58,8 +60,6 @@ __all__ = [
     "recall_at_k",
 ]
 
-Run = Mapping[str, Mapping[str, float]]
-Qrels = Mapping[str, Mapping[str, int]]
 
 METRICS: tuple[str, ...] = ("ndcg", "recall", "precision", "mrr", "map")
 """Metric names understood by :func:`evaluate` (keys come out as ``"name@k"``)."""

@@ -1,11 +1,17 @@
 """Retrieval-augmented generation: retrieve → rerank → prompt with numbered sources → answer with citations.
 
+The flow of :func:`answer`, each stage typed by its protocol in :mod:`bgekit.types`::
+
+    question ─ RetrieverLike.search ─▶ k candidates ─ RerankerLike.rerank (+ bgekit.fusion.fuse_scores) ─▶ top_n
+             ─ build_prompt ─▶ prompt ─ ChatModelLike.chat ─▶ answer ─ parse_citations ─▶ cited sources
+             ─ EmbedderLike (attribute) ─▶ which sources the answer draws on
+
 The answer is embedded too, with the same encoder as the passages, to see which retrieved passages
 it actually draws on (attribution) and to flag answers that match none of them.
 
 Example::
 
-    from bgekit import Encoder
+    from bgekit import Encoder, Reranker
     from bgekit.retrieval import DenseRetriever
     from bgekit.llm import local_server
     from bgekit import rag
@@ -15,6 +21,8 @@ Example::
     with local_server() as llm:
         res = rag.answer("What causes tides?", retriever, llm, encoder=enc)
         print(res.answer, res.citations, res.attribution.drawn_on)
+        # rerank the 20 candidates by reranker logit + 20 x cosine (the weight tuned as in notebook 03)
+        res = rag.answer("What causes tides?", retriever, llm, reranker=Reranker(path), fusion_weight=20.0)
 """
 
 from __future__ import annotations
@@ -23,11 +31,16 @@ import logging
 import random
 import re
 import time
-import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from .data import doc_text
+from .fusion import fuse_scores
+from .metrics import rank_documents
+from .types import ChatModelLike, DenseRetrieverLike, Document, EmbedderLike, Qrels, RerankerLike, RetrieverLike
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +62,6 @@ SYSTEM_PROMPT = (
     "Cite the source of each fact with its number in square brackets, like [2]. "
     "If the sources do not contain the answer, say that you don't know."
 )
-
-
-def _doc_text(doc: Any) -> str:
-    if isinstance(doc, str):
-        return doc.strip()
-    if isinstance(doc, Mapping):
-        return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
-    raise TypeError(f"a document must be a str or a {{'title', 'text'}} dict, got {type(doc).__name__}")
 
 
 def build_prompt(question: str, passages: Sequence[str], max_chars: int | None = 700) -> str:
@@ -134,7 +139,7 @@ def parse_citations(text: str, n_sources: int | None = None) -> tuple[list[int],
 # --------------------------------------------------------------------------- attribution
 
 
-def attribution_thresholds(encoder: Any) -> tuple[float, float]:
+def attribution_thresholds(encoder: EmbedderLike) -> tuple[float, float]:
     """``(absolute, margin)`` defaults for :func:`attribute`, by model family.
 
     Cosine scales differ between models: BGE v1.5 puts even unrelated English texts around
@@ -175,7 +180,7 @@ class Attribution:
 def attribute(
     answer_text: str,
     passages: Sequence[str],
-    encoder: Any,
+    encoder: EmbedderLike,
     absolute: float | None = None,
     margin: float | None = None,
     passage_vectors: np.ndarray | None = None,
@@ -197,7 +202,9 @@ def attribute(
     if not clean:
         return Attribution([0.0] * len(passages), [], None, True, absolute, margin)
     a = np.asarray(encoder.encode_corpus([clean]), dtype=np.float32)
-    p = passage_vectors if passage_vectors is not None else np.asarray(encoder.encode_corpus(list(passages)), dtype=np.float32)
+    if passage_vectors is None:
+        passage_vectors = encoder.encode_corpus(list(passages))
+    p = np.asarray(passage_vectors, dtype=np.float32)
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
     scores = (p @ a[0]).astype(float)
@@ -215,9 +222,11 @@ def attribute(
 class RAGResult:
     """What :func:`answer` returns.
 
-    ``sources``: ``{"id", "text", "score", "rank", "retrieval_score"}`` dicts, in prompt order
-    (source ``[1]`` first); ``score`` is the reranker's score when a reranker ran, else the
-    retriever's. ``citations``: valid source numbers cited in the answer (1-based);
+    ``sources``: ``{"id", "text", "score", "rank", "retrieval_score", "rerank_score"}`` dicts, in
+    prompt order (source ``[1]`` first); ``score`` is what ordered them: the fused score
+    (``rerank_score + fusion_weight * retrieval_score``) when a reranker ran with a fusion weight,
+    the reranker's score with a reranker alone, else the retriever's; ``rerank_score`` is None
+    without a reranker. ``citations``: valid source numbers cited in the answer (1-based);
     ``invalid_citations``: numbers the model made up. ``timings``: seconds per stage.
     """
 
@@ -246,26 +255,16 @@ class RAGResult:
         return "\n".join(out)
 
 
-_ROWS: "weakref.WeakKeyDictionary[Any, dict[str, int]]" = weakref.WeakKeyDictionary()
+def _passage_vectors(
+    retriever: RetrieverLike, encoder: EmbedderLike, ids: list[str], own_corpus: bool
+) -> np.ndarray | None:
+    """The passages' stored embeddings when the retriever made them with this encoder from its own corpus."""
+    if own_corpus and isinstance(retriever, DenseRetrieverLike) and retriever.encoder is encoder:
+        return np.asarray(retriever.doc_vectors(ids), dtype=np.float32)
+    return None
 
 
-def _stored_vectors(retriever: Any, encoder: Any, ids: list[str]) -> np.ndarray | None:
-    """The passages' corpus embeddings kept by a dense retriever built on the same encoder (saves re-encoding)."""
-    emb = getattr(retriever, "embeddings", None)
-    doc_ids = getattr(retriever, "doc_ids", None)
-    if emb is None or doc_ids is None or getattr(retriever, "encoder", None) is not encoder:
-        return None
-    try:
-        rows = _ROWS.get(retriever)
-        if rows is None or len(rows) != len(doc_ids):
-            rows = {d: i for i, d in enumerate(doc_ids)}
-            _ROWS[retriever] = rows
-        return np.asarray(emb[[rows[d] for d in ids]], dtype=np.float32)
-    except (KeyError, TypeError, IndexError):
-        return None
-
-
-def _corpus_of(retriever: Any, corpus: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _corpus_of(retriever: RetrieverLike, corpus: Mapping[str, Document] | None) -> Mapping[str, Document]:
     if corpus is not None:
         return corpus
     c = getattr(retriever, "corpus", None)
@@ -279,51 +278,88 @@ def _corpus_of(retriever: Any, corpus: Mapping[str, Any] | None) -> Mapping[str,
 
 def answer(
     question: str,
-    retriever: Any,
-    llm: Any,
-    reranker: Any = None,
+    retriever: RetrieverLike,
+    llm: ChatModelLike,
+    reranker: RerankerLike | None = None,
     k: int = 20,
     top_n: int = 4,
     max_tokens: int = 128,
-    encoder: Any = None,
-    corpus: Mapping[str, Any] | None = None,
+    encoder: EmbedderLike | None = None,
+    corpus: Mapping[str, Document] | None = None,
     system: str | None = SYSTEM_PROMPT,
     max_chars: int | None = 700,
+    fusion_weight: float | None = None,
     **chat_kw: Any,
 ) -> RAGResult:
-    """Answer ``question`` from the corpus: retrieve ``k`` → rerank to ``top_n`` → generate with citations.
+    """Answer ``question`` from the corpus: retrieve ``k`` → rerank to ``top_n`` → prompt → generate with citations.
 
-    ``retriever``: any object with ``.search(list[str], k) -> list[list[(doc_id, score)]]`` and a
-    ``.corpus`` dict (or pass ``corpus=``). ``reranker``: optional, with
-    ``.rerank(query, passages, top_k)`` (:class:`bgekit.Reranker`); without it the first ``top_n``
-    retrieved passages are used. ``llm``: an :class:`bgekit.llm.LLMClient`. ``encoder``: when given,
-    the answer is embedded and compared with each source (:func:`attribute`).
+    Args:
+        question: the user's question.
+        retriever: finds candidates (:class:`~bgekit.types.RetrieverLike`); its ``.corpus`` gives their
+            texts unless ``corpus`` is passed.
+        llm: writes the answer (:class:`~bgekit.types.ChatModelLike`, e.g. :class:`bgekit.llm.LLMClient`).
+        reranker: optional cross-encoder (:class:`~bgekit.types.RerankerLike`, e.g.
+            :class:`bgekit.Reranker`) that reorders the ``k`` candidates; without it the first ``top_n``
+            retrieved passages are used.
+        k: candidates retrieved. top_n: passages put in the prompt.
+        max_tokens: length limit of the answer.
+        encoder: when given, the answer is embedded and compared with each source (:func:`attribute`);
+            a dense retriever built on the same encoder hands over its stored passage vectors.
+        corpus: ``{doc_id: document}`` when the retriever has no ``.corpus``.
+        system: the system message (None: none). max_chars: passages are cut to this length.
+        fusion_weight: with a reranker, order the candidates by the fused score
+            ``rerank score + fusion_weight * retrieval score`` (:func:`bgekit.fusion.fuse_scores`; tune
+            the weight on validation queries with :func:`bgekit.fusion.tune_fusion_weight`). None: the
+            reranker's score alone.
+        chat_kw: more arguments for ``llm.chat`` (``temperature``, ``seed``, ...).
+
+    Returns:
+        A :class:`RAGResult`: the answer, its sources in prompt order, the prompt, the citations,
+        timings per stage and (with ``encoder``) the attribution.
+
+    Raises:
+        ValueError: ``k`` or ``top_n`` below 1, a negative fusion weight, or no passage retrieved.
+        TypeError: no corpus to read the passages from.
+        KeyError: the retriever returned an id that is not in the corpus.
 
     Example::
 
-        res = answer("What is BM25?", retriever, llm, reranker=rr, encoder=enc)
+        res = answer("What is BM25?", retriever, llm, reranker=rr, fusion_weight=20.0, encoder=enc)
         print(res.prompt); print(res.answer, res.cited_ids, res.timings)
     """
     if k < 1 or top_n < 1:
         raise ValueError(f"k and top_n must be >= 1, got k={k}, top_n={top_n}")
+    if fusion_weight is not None and reranker is None:
+        raise ValueError("fusion_weight fuses the reranker's scores with the retriever's: pass reranker=... too")
     docs = _corpus_of(retriever, corpus)
     t0 = time.perf_counter()
     hits = retriever.search([question], k=k)[0]
     t1 = time.perf_counter()
-    cands = []
+    cands: dict[str, dict[str, Any]] = {}
     for doc_id, score in hits:
         if doc_id not in docs:
             raise KeyError(f"the retriever returned id {doc_id!r}, which is not in the corpus")
-        cands.append({"id": doc_id, "text": _doc_text(docs[doc_id]), "retrieval_score": float(score)})
+        cands[doc_id] = {"id": doc_id, "text": doc_text(docs[doc_id]), "retrieval_score": float(score),
+                         "rerank_score": None}
+    ids = list(cands)
     if reranker is not None and cands:
-        ranked = reranker.rerank(question, [c["text"] for c in cands], top_k=top_n)
-        chosen = [dict(cands[r["index"]], score=float(r["score"])) for r in ranked[:top_n]]
+        ranked = reranker.rerank(question, [cands[d]["text"] for d in ids])
+        reranked = {ids[r["index"]]: float(r["score"]) for r in ranked}  # best first
+        for d, score in reranked.items():
+            cands[d]["rerank_score"] = score
+        if fusion_weight is None:  # the reranker's own order
+            order, scores = list(reranked), reranked
+        else:
+            first = {"q": {d: c["retrieval_score"] for d, c in cands.items()}}
+            scores = fuse_scores(first, {"q": reranked}, fusion_weight)["q"]
+            order = rank_documents(scores)  # the order bgekit.metrics evaluates (ties by doc id)
     else:
-        chosen = [dict(c, score=c["retrieval_score"]) for c in cands[:top_n]]
+        order = ids
+        scores = {d: cands[d]["retrieval_score"] for d in ids}
+    chosen = [dict(cands[d], score=float(scores[d])) for d in order[:top_n]]
     t2 = time.perf_counter()
-    for rank, c in enumerate(chosen, 1):
-        c["rank"] = rank
-    sources = [{key: c[key] for key in ("id", "text", "score", "rank", "retrieval_score")} for c in chosen]
+    keys = ("id", "text", "score", "rank", "retrieval_score", "rerank_score")
+    sources = [{key: dict(c, rank=rank)[key] for key in keys} for rank, c in enumerate(chosen, 1)]
     if not sources:
         raise ValueError("the retriever found no passages for this question")
     prompt = build_prompt(question, [s["text"] for s in sources], max_chars=max_chars)
@@ -332,7 +368,7 @@ def answer(
     valid, invalid = parse_citations(text, len(sources))
     att = None
     if encoder is not None:
-        vecs = _stored_vectors(retriever, encoder, [s["id"] for s in sources])
+        vecs = _passage_vectors(retriever, encoder, [s["id"] for s in sources], own_corpus=corpus is None)
         att = attribute(text, [s["text"] for s in sources], encoder, passage_vectors=vecs)
     t4 = time.perf_counter()
     timings = {
@@ -374,29 +410,45 @@ class CitationReport:
             f"made-up source numbers {self.invalid_citation_rate:.1%})"
         )
         if self.unsupported is not None:
-            s += f"; attribution: unsupported {self.unsupported:.1%}, closest source relevant {self.attribution_best_relevant:.1%}"
+            s += (f"; attribution: unsupported {self.unsupported:.1%}, "
+                  f"closest source relevant {self.attribution_best_relevant:.1%}")
         return s + f"\nmean latency per question: {lat}"
 
 
 def evaluate_citations(
     queries: Mapping[str, str],
-    qrels: Mapping[str, Mapping[str, int]],
-    retriever: Any,
-    llm: Any,
-    reranker: Any = None,
+    qrels: Qrels,
+    retriever: RetrieverLike,
+    llm: ChatModelLike,
+    reranker: RerankerLike | None = None,
     n: int | None = None,
     seed: int = 0,
     k: int = 20,
     top_n: int = 4,
     max_tokens: int = 128,
-    encoder: Any = None,
-    corpus: Mapping[str, Any] | None = None,
+    encoder: EmbedderLike | None = None,
+    corpus: Mapping[str, Document] | None = None,
     show_progress: bool | None = None,
+    fusion_weight: float | None = None,
     **answer_kw: Any,
 ) -> CitationReport:
     """Run :func:`answer` over (a sample of ``n``) queries and measure how often it cites a relevant passage.
 
     A passage is relevant when ``qrels[qid][doc_id] > 0``. Latency is the mean per question of each stage.
+
+    Args:
+        queries: ``{qid: question}``; only those with qrels are asked.
+        qrels: ``{qid: {doc_id: relevance}}``.
+        n, seed: ask a random sample of ``n`` questions (in ``queries`` order), drawn with ``seed``.
+        show_progress: progress bar (None: from 5 questions on).
+        retriever, llm, reranker, k, top_n, max_tokens, encoder, corpus, fusion_weight, answer_kw:
+            as for :func:`answer`.
+
+    Returns:
+        A :class:`CitationReport` (shares in [0, 1], mean seconds per stage, one row per question).
+
+    Raises:
+        ValueError: no query has qrels.
 
     Example::
 
@@ -416,7 +468,7 @@ def evaluate_citations(
     for qid in tqdm(qids, desc="RAG", disable=disable):
         res = answer(
             queries[qid], retriever, llm, reranker=reranker, k=k, top_n=top_n, max_tokens=max_tokens,
-            encoder=encoder, corpus=corpus, **answer_kw,
+            encoder=encoder, corpus=corpus, fusion_weight=fusion_weight, **answer_kw,
         )
         rel = {d for d, r in qrels[qid].items() if r > 0}
         source_rel = [s["id"] in rel for s in res.sources]
@@ -448,13 +500,16 @@ def evaluate_citations(
 
     retrieved = [r for r in rows if r["relevant_retrieved"]]
     prec = [r["cited_relevant_share"] for r in rows if r["cited_relevant_share"] is not None]
-    latency = {key: float(np.mean([r[f"t_{key}"] for r in rows])) for key in ("retrieve", "rerank", "generate", "attribute", "total")}
+    stages = ("retrieve", "rerank", "generate", "attribute", "total")
+    latency = {key: float(np.mean([r[f"t_{key}"] for r in rows])) for key in stages}
     return CitationReport(
         n=m,
         cites_relevant=share("cites_relevant"),
         cites_any=sum(bool(r["citations"]) for r in rows) / m,
         relevant_retrieved=share("relevant_retrieved"),
-        cites_relevant_when_retrieved=(sum(r["cites_relevant"] for r in retrieved) / len(retrieved)) if retrieved else 0.0,
+        cites_relevant_when_retrieved=(
+            sum(r["cites_relevant"] for r in retrieved) / len(retrieved) if retrieved else 0.0
+        ),
         citation_precision=float(np.mean(prec)) if prec else 0.0,
         invalid_citation_rate=sum(bool(r["invalid_citations"]) for r in rows) / m,
         unsupported=None if encoder is None else share("unsupported"),

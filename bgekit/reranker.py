@@ -19,7 +19,7 @@ In small (offline) mode no pretrained cross-encoder is available: notebook 03 tr
 Two-stage retrieval over a whole query set: ``Reranker.rerank_run`` scores the top ``k`` candidates
 of a first-stage run in one length-sorted pass; :func:`fuse_scores` adds ``weight x`` the first-stage
 score to the reranker's logit (score interpolation), and :func:`tune_fusion_weight` picks the weight
-on validation queries (never on the test queries):
+on validation queries (never on the test queries); both live in :mod:`bgekit.fusion`:
 
 >>> rr_run = rr.rerank_run(dense_run, queries, corpus, k=100)              # doctest: +SKIP
 >>> w, table = tune_fusion_weight(dense_dev, rr.rerank_run(dense_dev, queries, corpus), dev_qrels)  # doctest: +SKIP
@@ -40,7 +40,6 @@ instructions (``bgekit.config.fast_bf16()``), ``dtype="bf16"`` is about twice as
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -52,15 +51,12 @@ from . import models
 from ._batching import model_inputs, run_length_sorted
 from .config import default_device, get_mode, model_dtype
 from .encoder import warn_truncated
+from .fusion import FUSION_WEIGHTS, fuse_scores, tune_fusion_weight  # their home is bgekit.fusion; importable here too
 from .metrics import rank_documents, rank_order
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Reranker", "tokenize_pairs", "default_reranker", "fuse_scores", "tune_fusion_weight", "FUSION_WEIGHTS"]
-
-#: weights :func:`tune_fusion_weight` tries by default (0: the reranker alone; large: the first stage's
-#: order, with the reranker breaking near-ties)
-FUSION_WEIGHTS: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 200.0)
 
 #: show a progress bar when scoring at least this many pairs (unless told otherwise)
 PROGRESS_MIN_PAIRS = 512
@@ -361,57 +357,3 @@ class Reranker:
         for (qid, doc_id), score in zip(keys, scores):
             by_query[qid][doc_id] = float(score)
         return {qid: {d: row[d] for d in rank_documents(row)} for qid, row in by_query.items()}
-
-
-def fuse_scores(first_stage: Mapping[str, Mapping[str, float]], reranked: Mapping[str, Mapping[str, float]],
-                weight: float) -> dict[str, dict[str, float]]:
-    """Score interpolation: ``reranked[q][d] + weight * first_stage[q][d]`` for every reranked pair.
-
-    The reranker's logit and the first stage's score (a cosine in [-1, 1] for a dense retriever)
-    live on different scales, so ``weight`` is not a share: it says how many logits one unit of
-    cosine is worth. ``weight=0`` is the reranker alone. Tune it with :func:`tune_fusion_weight`.
-
-    >>> fuse_scores({"q": {"a": 0.9, "b": 0.5}}, {"q": {"a": 1.0, "b": 2.0}}, weight=10)
-    {'q': {'a': 10.0, 'b': 7.0}}
-    """
-    w = float(weight)
-    if not math.isfinite(w) or w < 0:
-        raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
-    out: dict[str, dict[str, float]] = {}
-    for qid, scores in reranked.items():
-        first = first_stage.get(qid)
-        if first is None:
-            raise KeyError(f"query {qid!r} is reranked but missing from the first-stage run")
-        row = {}
-        for doc_id, s in scores.items():
-            if doc_id not in first:
-                raise KeyError(f"document {doc_id!r} of query {qid!r} is reranked but has no first-stage score")
-            row[doc_id] = float(s) + w * float(first[doc_id])
-        out[qid] = row
-    return out
-
-
-def tune_fusion_weight(first_stage: Mapping[str, Mapping[str, float]], reranked: Mapping[str, Mapping[str, float]],
-                       qrels: Mapping[str, Mapping[str, int]], weights: Sequence[float] = FUSION_WEIGHTS,
-                       metric: str = "ndcg@10") -> tuple[float, dict[float, float]]:
-    """The fusion weight with the best ``metric`` on these queries, and the score of every weight tried.
-
-    Use validation queries (e.g. the training queries held out with ``holdout_queries``), never the
-    test queries, or the reported gain is tuned on the answers. Ties go to the smaller weight.
-
-    >>> first = {"q": {"a": 0.9, "b": 0.5}}; rr = {"q": {"a": 1.0, "b": 2.0}}
-    >>> tune_fusion_weight(first, rr, {"q": {"a": 1}}, weights=(0, 1, 10), metric="mrr@10")
-    (10.0, {0.0: 0.5, 1.0: 0.5, 10.0: 1.0})
-    """
-    from .metrics import evaluate
-
-    name, sep, k = metric.partition("@")
-    if not sep or not k.isdigit():
-        raise ValueError(f"metric must look like 'ndcg@10', got {metric!r}")
-    if not weights:
-        raise ValueError("weights is empty: give at least one weight to try")
-    table = {float(w): evaluate(fuse_scores(first_stage, reranked, w), qrels, ks=(int(k),), metrics=(name,))[metric]
-             for w in weights}
-    best = max(table, key=lambda w: (table[w], -w))
-    return best, table
-

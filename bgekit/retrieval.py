@@ -46,11 +46,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from bgekit.metrics import rank_documents, rank_order
+
+from .fusion import rrf
+from .types import Document, Hits, Run
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +68,6 @@ __all__ = [
     "retrieve_runs",
     "rrf",
 ]
-
-Run = dict[str, dict[str, float]]
-Hits = list[list[tuple[str, float]]]
-Document = Union[str, Mapping[str, Any]]
 
 METHODS: tuple[str, ...] = ("dense", "bm25", "hybrid")
 
@@ -340,6 +339,34 @@ class DenseRetriever(Retriever):
         ids, scores = self.index.search(self.encode_queries(texts), k)
         return [[(d, float(s)) for d, s in zip(row_ids, row_scores)] for row_ids, row_scores in zip(ids, scores)]
 
+    def doc_vectors(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """The stored corpus embeddings of ``doc_ids``, in that order (no re-encoding).
+
+        Args:
+            doc_ids: ids of documents in this retriever's corpus (repeats allowed).
+
+        Returns:
+            float32 array ``(len(doc_ids), dim)``, rows as the encoder made them (L2-normalised).
+
+        Raises:
+            TypeError: ``doc_ids`` is a single string.
+            KeyError: an id that is not in the corpus (its position is named).
+
+        >>> dense.doc_vectors(["d12", "d40"]).shape        # doctest: +SKIP
+        (2, 384)
+        """
+        if isinstance(doc_ids, str):
+            raise TypeError("doc_ids must be a list of doc ids; wrap a single id as [doc_id]")
+        rows = getattr(self, "_rows", None)
+        if rows is None:  # built on first use: doc id -> row of self.embeddings
+            rows = self._rows = {d: i for i, d in enumerate(self.doc_ids)}
+        idx = []
+        for i, d in enumerate(doc_ids):
+            if d not in rows:
+                raise KeyError(f"doc_ids[{i}] = {d!r} is not in this retriever's corpus ({len(rows)} docs)")
+            idx.append(rows[d])
+        return self.embeddings[np.asarray(idx, dtype=np.int64)]
+
 
 # --------------------------------------------------------------------------------------------
 # BM25
@@ -434,71 +461,8 @@ class BM25Retriever(Retriever):
 
 
 # --------------------------------------------------------------------------------------------
-# fusion
+# hybrid (the fusion functions live in bgekit.fusion)
 # --------------------------------------------------------------------------------------------
-def _ranks(scores: Mapping[str, float]) -> dict[str, int]:
-    """1-based competition ranks ("1224"): a doc's rank is 1 + the number of docs scored strictly higher."""
-    values = sorted((float(v) for v in scores.values()), reverse=True)
-    out: dict[str, int] = {}
-    for d, v in scores.items():
-        # bisect on the descending list: count of values strictly greater than v
-        lo, hi = 0, len(values)
-        v = float(v)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if values[mid] > v:
-                lo = mid + 1
-            else:
-                hi = mid
-        out[d] = lo + 1
-    return out
-
-
-def rrf(
-    runs: Sequence[Mapping[str, Mapping[str, float]]],
-    k_rrf: int = 60,
-    top_k: int = 100,
-    weights: Sequence[float] | None = None,
-) -> Run:
-    """Reciprocal-rank fusion: ``score(d) = sum_runs weight / (k_rrf + rank_run(d))``.
-
-    Each run ranks its docs by score, highest = rank 1; docs with equal scores share the best rank
-    of their group ("1224" ranking), so fusion does not depend on arbitrary tie order. A doc absent
-    from a run gets nothing from it. The fused run keeps the ``top_k`` best docs per query (ties by
-    doc id descending, as :mod:`bgekit.metrics` ranks them); its query ids are the union of the runs'.
-
-    >>> rrf([{"q": {"a": 3.0, "b": 2.0}}, {"q": {"b": 9.0}}], k_rrf=1)   # b: 1/(1+2) + 1/(1+1); a: 1/(1+1)
-    {'q': {'b': 0.8333333333333333, 'a': 0.5}}
-    """
-    if not runs:
-        raise ValueError("rrf needs at least one run")
-    if isinstance(k_rrf, bool) or not isinstance(k_rrf, (int, float)) or k_rrf < 0:
-        raise ValueError(f"k_rrf must be a number >= 0, got {k_rrf!r}")
-    top_k = _check_k(top_k, "top_k")
-    if weights is None:
-        weights = [1.0] * len(runs)
-    if len(weights) != len(runs):
-        raise ValueError(f"got {len(weights)} weights for {len(runs)} runs")
-    qids: list[str] = []
-    seen: set[str] = set()
-    for r in runs:
-        for q in r:
-            if q not in seen:
-                seen.add(q)
-                qids.append(q)
-    fused: Run = {}
-    for q in qids:
-        acc: dict[str, float] = {}
-        for r, w in zip(runs, weights):
-            scores = r.get(q)
-            if not scores:
-                continue
-            for d, rank in _ranks(scores).items():
-                acc[d] = acc.get(d, 0.0) + w / (k_rrf + rank)
-        fused[q] = {d: acc[d] for d in rank_documents(acc, top_k)}
-    return fused
-
-
 class HybridRetriever(Retriever):
     """Fuse several retrievers (typically dense + BM25) with reciprocal-rank fusion.
 

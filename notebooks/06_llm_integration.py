@@ -34,11 +34,13 @@
 # **What you will learn**
 # - how to configure an OpenAI-compatible client (provider, base URL, model, key from the environment)
 # - how to run a local LLM server and talk to it like a cloud API
-# - retrieval-augmented generation (RAG): retrieve → (rerank) → prompt with numbered sources → answer with citations
+# - retrieval-augmented generation (RAG): retrieve → rerank (fused with the retrieval score) → prompt with numbered
+#   sources → answer with citations
 # - how answers with and without retrieval differ
 # - what failures look like (timeouts, refused connections, rate limits, missing keys) and how retries with back-off handle them
 # - attribution: embedding the answer to see which sources it draws on, and flagging unsupported answers
-# - how to measure a RAG system: share of answers citing a relevant passage, latency per stage
+# - how to measure a RAG system: share of answers citing a relevant passage, latency per stage, and what the rerank
+#   stage changes
 
 # %%
 import sys
@@ -169,7 +171,9 @@ if llm_ready("streaming"):
 # Retrieval-augmented generation in four steps:
 #
 # 1. **retrieve** the `k` passages closest to the question (the dense retriever of notebook 02);
-# 2. **rerank** them with a cross-encoder and keep the best `top_n` (notebook 03; optional);
+# 2. **rerank** them with the cross-encoder of notebook 03 and keep the best `top_n`. As there, the order comes from
+#    the **fused** score `reranker logit + w × cosine` (`bgekit.fusion.fuse_scores`), with `w` chosen on the
+#    held-out training queries (`tune_fusion_weight`), never on the test questions;
 # 3. **prompt**: number the passages `[1]..[n]`, ask the question, and tell the model to answer only from
 #    the sources and to cite them like `[2]`;
 # 4. **generate**, then parse the citations from the answer and check that they point to real sources.
@@ -186,11 +190,46 @@ print(data)
 encoder = Encoder(cfg.embedder)
 retriever = DenseRetriever(encoder, data.corpus, cache_dir=cfg.work_dir / "embeddings")   # cached by notebook 02
 
-reranker = None
-if cfg.reranker:  # full mode: the real BGE cross-encoder
-    from bgekit.reranker import Reranker
+# %% [markdown]
+# The reranker is the one notebook 03 uses. In full mode that is `BAAI/bge-reranker-large`; in small mode it is the
+# course's own cross-encoder, trained by notebook 03 into `cfg.work_dir / "reranker"`. `train_reranker(...,
+# reuse=True)` with the same settings finds that folder and loads it; if it is missing (this notebook run on its own),
+# it trains it exactly as notebook 03 does (about a minute on a CPU). The fusion weight `w` is then chosen as in
+# notebook 03: rerank the dense top 20 of the 100 held-out training queries and keep the weight with the best nDCG@10.
+
+# %%
+from bgekit.config import fast_bf16
+from bgekit.fusion import tune_fusion_weight
+from bgekit.reranker import Reranker
+from bgekit.training.reranker import holdout_split
+
+N_DEV = 100   # training queries held out of reranker training: the validation set (as in notebook 03)
+if cfg.small:
+    from bgekit.training import RerankerTrainArgs, train_reranker
+
+    bf16 = fast_bf16(cfg.device)
+    args = RerankerTrainArgs(   # notebook 03's settings, so that its model is found and reused
+        output_dir=str(cfg.work_dir / "reranker"), data_dir=str(cfg.data_dir), split="train",
+        holdout_queries=N_DEV, train_group_size=3, negative_range=(0, 30),
+        num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1.5e-4, warmup_ratio=0.05,
+        freeze_layers=2, max_len=64, bf16=bf16, seed=cfg.seed,
+    )
+    trained = train_reranker(args, retriever=retriever, reuse=True)
+    print(("reused notebook 03's" if trained.reused else "trained the") + f" course reranker: {trained.output_dir}")
+    reranker = Reranker(trained, dtype="bf16" if bf16 else None)
+    dev_qids = trained.holdout_qids
+else:
     reranker = Reranker(cfg.reranker)
-print("reranker:", reranker or "none (small mode: the dense ranking is used as it is)")
+    dev_qids = holdout_split(cfg.data_dir, "train", N_DEV, seed=cfg.seed)
+
+train = load_beir(cfg.data_dir, "train")
+dev_queries = {q: train.queries[q] for q in dev_qids}
+dev_qrels = {q: train.qrels[q] for q in dev_qids}
+run_dev = retriever.run(dev_queries, k=20)
+weight, by_weight = tune_fusion_weight(run_dev, reranker.rerank_run(run_dev, dev_queries, data.corpus), dev_qrels)
+print(reranker)
+print(f"fusion weight w = {weight:g} (validation nDCG@10 {by_weight[weight]:.4f}; reranker alone, w=0: "
+      f"{by_weight[0.0]:.4f})")
 
 # %%
 qid = sorted(data.queries)[0]
@@ -200,14 +239,16 @@ q = data.queries[qid]
 max_tokens = 96 if llm is None or llm.server is not None else 256
 if llm_ready("the first RAG answer"):
     t_first = time.perf_counter()
-    res = rag.answer(q, retriever, llm, reranker=reranker, k=20, top_n=4, max_tokens=max_tokens, encoder=encoder)
+    res = rag.answer(q, retriever, llm, reranker=reranker, fusion_weight=weight, k=20, top_n=4,
+                     max_tokens=max_tokens, encoder=encoder)
     t_first = time.perf_counter() - t_first
     print(res.system, "\n")
     print(res.prompt)
 
 # %% [markdown]
 # That is the whole prompt the model sees (after the system message). Now the answer, the sources it
-# cites, and whether they are among the passages the course data marks as relevant for this question:
+# cites, and whether they are among the passages the course data marks as relevant for this question. Each source
+# keeps its three scores: the retriever's cosine, the reranker's logit and the fused score that ordered them.
 
 # %%
 if llm_ready("the answer and its citations"):
@@ -217,7 +258,8 @@ if llm_ready("the answer and its citations"):
     for s in res.sources:
         mark = "cited " if s["rank"] in res.citations else "      "
         rel = "relevant" if s["id"] in relevant else ""
-        print(f"{mark}[{s['rank']}] {s['id']:<32} score {s['score']:.3f} {rel}")
+        print(f"{mark}[{s['rank']}] {s['id']:<32} fused {s['score']:7.3f} = logit {s['rerank_score']:6.3f} "
+              f"+ {weight:g} x cosine {s['retrieval_score']:.3f}  {rel}")
     print({k: round(v, 3) for k, v in res.timings.items()}, "seconds")
 
 # %% [markdown]
@@ -235,7 +277,8 @@ if llm_ready("with and without retrieval"):
     for sq in side_qids:
         question_text = data.queries[sq]
         plain = llm.chat(question_text, max_tokens=max_tokens)
-        grounded = rag.answer(question_text, retriever, llm, reranker=reranker, max_tokens=max_tokens, encoder=encoder)
+        grounded = rag.answer(question_text, retriever, llm, reranker=reranker, fusion_weight=weight,
+                              max_tokens=max_tokens, encoder=encoder)
         rows.append(dict(question=question_text, without_retrieval=plain.strip(),
                          with_retrieval=grounded.answer.strip(), cited_ids=grounded.cited_ids))
     display(pd.DataFrame(rows))
@@ -243,7 +286,11 @@ if llm_ready("with and without retrieval"):
 # %% [markdown]
 # ## 5 · When things go wrong
 #
-# Remote APIs fail in a few typical ways, and the client turns each into an error that says what to do:
+# Remote APIs fail in a few typical ways. `LLMClient` hands retries to the `openai` client it wraps
+# (`max_retries` and `timeout` are passed on): it retries what a retry can fix, waiting longer each time
+# (0.5 s, 1 s, 2 s, ... with random jitter, so that clients that failed together do not retry together)
+# or as long as the server's `Retry-After` header asks. When the retries are used up, or a retry cannot help,
+# bgekit turns the failure into an error that says what to do:
 #
 # | what happens | error | retried? |
 # |---|---|---|
@@ -264,7 +311,7 @@ with socket.socket() as silent:           # accepts connections, never replies
     silent.bind(("127.0.0.1", 0)); silent.listen(1)
     url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
     try:
-        L.LLMClient(base_url=url, model="any", timeout=1, max_retries=1, backoff_base=0.2).chat("hello")
+        L.LLMClient(base_url=url, model="any", timeout=1, max_retries=1).chat("hello")
     except L.LLMTimeoutError as e:
         print(type(e).__name__, "->", e, "\n")
 
@@ -284,24 +331,27 @@ finally:
         os.environ["OPENAI_API_KEY"] = saved
 
 # %% [markdown]
-# Rate limits are the failure you will meet most with a free API tier. To see the retry loop work
+# Rate limits are the failure you will meet most with a free API tier. To see the retries work
 # without a real provider, here is a tiny stand-in server on 127.0.0.1 that plays a busy API: it answers
-# `429 Too Many Requests` with `Retry-After: 0.5` twice, then a normal answer. The client's log lines show
-# each retry and its delay.
+# `429 Too Many Requests` twice, first with `Retry-After: 1`, then without, and then a normal answer. The
+# server notes when each request arrives: the client waited the second the server asked for, then backed off
+# on its own (about 1 s, the second step of 0.5 s × 2^i, less up to 25 % jitter).
 
 # %%
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class BusyAPI(BaseHTTPRequestHandler):
-    calls = 0
+    arrivals = []
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        BusyAPI.calls += 1
-        if BusyAPI.calls <= 2:
-            status, headers, body = 429, {"Retry-After": "0.5"}, {"error": {"message": "rate limit reached"}}
+        BusyAPI.arrivals.append(time.monotonic())
+        if len(BusyAPI.arrivals) <= 2:
+            wait = {"Retry-After": "1"} if len(BusyAPI.arrivals) == 1 else {}
+            status, headers, body = 429, wait, {"error": {"message": "rate limit reached"}}
         else:
             status, headers, body = 200, {}, {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "finally!"}}]}
@@ -316,7 +366,8 @@ class BusyAPI(BaseHTTPRequestHandler):
 busy = ThreadingHTTPServer(("127.0.0.1", 0), BusyAPI)
 threading.Thread(target=busy.serve_forever, daemon=True).start()
 flaky_client = L.LLMClient(base_url=f"http://127.0.0.1:{busy.server_address[1]}/v1", model="m", max_retries=4)
-print("answer:", flaky_client.chat("hello"), f"after {BusyAPI.calls} requests")
+print("answer:", flaky_client.chat("hello"), f"after {len(BusyAPI.arrivals)} requests")
+print("waits between requests (s):", [round(b - a, 2) for a, b in zip(BusyAPI.arrivals, BusyAPI.arrivals[1:])])
 busy.shutdown(); busy.server_close()
 
 # %% [markdown]
@@ -367,21 +418,23 @@ if llm_ready("attribution"):
 #
 # How many test questions we evaluate follows the LLM in use: with an API, all of them when they fit a two-minute
 # budget at the speed of the first answer in section 3, else as many as fit (at least 10); with the local model on a
-# CPU, 10.
+# CPU, 10. To see what the rerank stage buys, we run the same questions twice: once with the dense top 4 as the
+# sources, once with the dense top 20 reranked (fused score) down to 4.
 
 # %%
 if llm_ready("citation evaluation"):
-    # the local model on a CPU: 10 questions. An API: every test question if they fit in EVAL_BUDGET_S at the speed
-    # of the first answer, else as many as fit (at least 10)
-    EVAL_BUDGET_S = 120
+    EVAL_BUDGET_S = 120   # for both passes together
     n_all = len(data.queries)
-    fits = min(n_all, max(10, int(EVAL_BUDGET_S / max(t_first, 1e-3))))
+    fits = min(n_all, max(10, int(EVAL_BUDGET_S / 2 / max(t_first, 1e-3))))
     n_eval = 10 if llm.server is not None else (None if fits == n_all else fits)
-    print(f"first answer took {t_first:.1f} s: evaluating {n_eval or n_all} of {n_all} test questions")
+    print(f"first answer took {t_first:.1f} s: evaluating {n_eval or n_all} of {n_all} test questions, twice")
+    eval_kw = dict(n=n_eval, seed=cfg.seed, k=20, top_n=4, max_tokens=max_tokens, encoder=encoder)
+    report_dense = rag.evaluate_citations(data.queries, data.qrels, retriever, llm, **eval_kw)
     report = rag.evaluate_citations(data.queries, data.qrels, retriever, llm, reranker=reranker,
-                                    n=n_eval, seed=cfg.seed, k=20, top_n=4,
-                                    max_tokens=max_tokens, encoder=encoder)
-    print(report.summary())
+                                    fusion_weight=weight, **eval_kw)
+    assert [r["qid"] for r in report.rows] == [r["qid"] for r in report_dense.rows]   # the same questions
+    print("without rerank:", report_dense.summary(), "\n")
+    print("with rerank:   ", report.summary())
 
     stages = ["retrieve", "rerank", "generate", "attribute"]
     fig, ax = plt.subplots(figsize=(6, 1.8))
@@ -400,11 +453,41 @@ if llm_ready("the per-question table"):
 
 
 # %% [markdown]
+# Finally, side by side: what the rerank stage changes, question for question on the same sample. The first row
+# is bounded by what the dense top 4 holds; reranking looks at the top 20, so it can bring a relevant passage
+# into the prompt that the dense order left at rank 5 to 20, and push an off-topic one out.
+
+# %%
+def figures(rep):
+    return {
+        "relevant passage among sources": rep.relevant_retrieved,
+        "cites a relevant passage": rep.cites_relevant,
+        "cited sources that are relevant": rep.citation_precision,
+        "cites any source": rep.cites_any,
+        "made-up source numbers": rep.invalid_citation_rate,
+        "unsupported (attribution)": rep.unsupported,
+        "closest source relevant (attribution)": rep.attribution_best_relevant,
+        "rerank s / question": rep.latency["rerank"],
+        "total s / question": rep.latency["total"],
+    }
+
+
+if llm_ready("the with/without rerank table"):
+    changed = sum(a["source_ids"] != b["source_ids"] for a, b in zip(report_dense.rows, report.rows))
+    comparison = pd.DataFrame({"dense top 4": figures(report_dense),
+                               f"top 20 reranked, fused (w={weight:g})": figures(report)}).T
+    print(f"{report.n} questions; the rerank stage changed the sources of {changed}")
+    display(comparison.round(3))
+
+# %% [markdown]
 # How to read these numbers with a 135M model: it cites almost always, but often by listing the
-# sources in order (`[1] ... [2] ... [3]`), so "cites a relevant passage" is close to the retrieval
-# ceiling while the share of *cited sources that are relevant* is much lower. Attribution from the
-# answer embedding is the sharper check here. A larger model behind the same client (set
-# `NOVITA_API_KEY`) cites selectively, and the two numbers move closer.
+# sources in order (`[1] ... [2] ... [3]`), so "cites a relevant passage" follows the share of questions with a
+# relevant passage among the sources, while the share of *cited sources that are relevant* is much lower. That
+# makes the first column the one to watch: it is what retrieval and reranking decide, before the model says anything.
+# With 10 questions one question is 10 points, so read the differences as a direction, not a measurement (the full
+# test split in notebook 03 is the measurement of the ranking itself). Attribution from the answer embedding is the
+# sharper check of the answers. A larger model behind the same client (set `NOVITA_API_KEY`) cites selectively,
+# and the two numbers move closer.
 
 # %% [markdown]
 # ## 8 · Exercise: the attribution rule by hand
@@ -467,12 +550,14 @@ if server is not None:
 #   model; keys come from the environment and are never shown.
 # - `local_server()` runs a real model (SmolLM2-135M through llama.cpp) behind the same API, offline, and
 #   always stops it.
-# - `rag.answer()` retrieves, optionally reranks, numbers the sources in the prompt, generates, and parses
-#   the citations back to document ids; the answer's embedding shows which sources it draws on and flags
-#   answers that match none.
-# - Failures are retried where a retry can help (timeouts, connection errors, 429, 5xx; `Retry-After`
+# - `rag.answer()` retrieves, reranks (by the fused score `logit + w × cosine`, `w` tuned on validation
+#   queries), numbers the sources in the prompt, generates, and parses the citations back to document ids;
+#   the answer's embedding shows which sources it draws on and flags answers that match none. Each stage is typed
+#   by a protocol in `bgekit.types` (`RetrieverLike`, `RerankerLike`, `ChatModelLike`, `EmbedderLike`), so your own
+#   retriever, reranker or model fits in.
+# - Failures are retried by the `openai` client where a retry can help (timeouts, connection errors, 429, 5xx; `Retry-After`
 #   honoured) and explained where it cannot (missing or bad key, unknown model).
 # - Measure a RAG system by the share of answers that cite a relevant passage (bounded by retrieval) and
-#   by latency per stage.
+#   by latency per stage, and measure a stage by running the same questions with and without it.
 #
 # With `NOVITA_API_KEY` set, rerun this notebook: the same cells use a Llama-3.1-8B model at Novita AI.

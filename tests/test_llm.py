@@ -7,6 +7,10 @@ Two kinds of server:
 * ``FakeAPI``, a tiny ``http.server`` on 127.0.0.1 that answers with scripted statuses. It stands in
   for a *remote* API's failures (429 rate limits, 5xx outages, rejected keys, unknown models) that a
   real local server cannot be made to produce on demand. It is the only test double here.
+
+Retries are the real ``openai`` client's (bgekit only configures it): the tests check what reaches the
+server (how many requests, how far apart) and the error bgekit raises at the end. The openai client
+waits ``0.5 s * 2**i`` less up to 25 % jitter between attempts, or what ``Retry-After`` asks.
 """
 from __future__ import annotations
 
@@ -83,9 +87,12 @@ class FakeAPI:
 
 
 def client(url, **kw):
-    kw.setdefault("backoff_base", 0.01)
-    kw.setdefault("backoff_max", 0.05)
     return L.LLMClient(base_url=url, model="m", api_key=KEY, **kw)
+
+
+def gaps(api):
+    """Seconds between consecutive requests the server received."""
+    return [b["t"] - a["t"] for a, b in zip(api.requests, api.requests[1:])]
 
 
 def err(status, message="boom"):
@@ -97,7 +104,7 @@ OK = (200, {}, OK_BODY)
 
 @pytest.fixture
 def retry_log():
-    """Records bgekit.llm's retry warnings (attached directly: bgekit.setup() may stop propagation)."""
+    """Records bgekit.llm's log lines (attached directly: bgekit.setup() may stop propagation)."""
     records: list[logging.LogRecord] = []
 
     class H(logging.Handler):
@@ -117,16 +124,26 @@ def retry_log():
 # ----------------------------------------------------------------------------- retries (test double)
 
 
-def test_429_then_200_retries_once_and_succeeds(retry_log):
+def test_retries_are_the_openai_clients_configured_from_bgekit():
+    c = client("http://127.0.0.1:9/v1", max_retries=3, timeout=7.5)
+    assert c._client.max_retries == 3 and c._client.timeout == 7.5
+    assert not hasattr(c, "_with_retries")  # no retry loop of bgekit's own
+    with pytest.raises(ValueError, match="max_retries"):
+        client("http://127.0.0.1:9/v1", max_retries=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        client("http://127.0.0.1:9/v1", timeout=0)
+
+
+def test_429_then_200_retries_once_and_succeeds():
     with FakeAPI([err(429, "slow down"), OK]) as api:
         assert client(api.url, max_retries=3).chat("hi") == "ok"
     assert len(api.requests) == 2
     assert all(r["path"] == "/v1/chat/completions" for r in api.requests)
     assert api.requests[0]["auth"] == f"Bearer {KEY}"  # the key is used, just never shown
-    sent = json.loads(api.requests[0]["body"])
-    assert sent["model"] == "m" and sent["messages"] == [{"role": "user", "content": "hi"}]
-    warnings = [r for r in retry_log if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "HTTP 429" in warnings[0].getMessage()
+    sent = [json.loads(r["body"]) for r in api.requests]
+    assert sent[0] == sent[1]  # the same request again
+    assert sent[0]["model"] == "m" and sent[0]["messages"] == [{"role": "user", "content": "hi"}]
+    assert gaps(api)[0] >= 0.5 * 0.75 - 0.01  # backed off before the retry
 
 
 def test_500_forever_gives_up_after_max_retries_with_clear_error():
@@ -154,44 +171,31 @@ def test_max_retries_zero_means_one_attempt():
     assert len(api.requests) == 1
 
 
-def test_retry_after_is_honoured(retry_log):
-    with FakeAPI([(429, {"Retry-After": "0.3"}, {"error": {"message": "wait"}}), OK]) as api:
-        # back-off alone would wait ~0.01 s; the server asks for 0.3 s
-        assert client(api.url, max_retries=2, backoff_base=0.001).chat("hi") == "ok"
-    gap = api.requests[1]["t"] - api.requests[0]["t"]
-    assert gap >= 0.3
-    (w,) = [r for r in retry_log if r.levelno == logging.WARNING]
-    assert w.args[-1] == pytest.approx(0.3)  # the delay the client chose
+def test_retry_after_is_honoured():
+    wait = {"error": {"message": "wait"}}
+    # back-off alone would wait at most 0.5 s, then 1 s; the server asks for 1.2 s, then 0.9 s (in ms)
+    script = [(429, {"Retry-After": "1.2"}, wait), (503, {"retry-after-ms": "900"}, wait), OK]
+    with FakeAPI(script) as api:
+        assert client(api.url, max_retries=2).chat("hi") == "ok"
+    first, second = gaps(api)
+    assert 1.2 <= first < 1.2 + 0.8
+    assert 0.9 <= second < 0.9 + 0.8
 
 
-def test_retry_after_is_capped(retry_log):
-    with FakeAPI([(429, {"Retry-After": "3600"}, {"error": {"message": "wait"}}), OK]) as api:
-        assert client(api.url, max_retries=2, retry_after_max=0.2).chat("hi") == "ok"
-    (w,) = [r for r in retry_log if r.levelno == logging.WARNING]
-    assert w.args[-1] == pytest.approx(0.2)
-    assert api.requests[1]["t"] - api.requests[0]["t"] >= 0.2
-
-
-def test_parse_retry_after_forms():
-    from email.utils import formatdate
-
-    assert L._parse_retry_after({"retry-after": "7"}) == 7.0
-    assert L._parse_retry_after({"retry-after-ms": "250"}) == 0.25
-    assert L._parse_retry_after({}) is None
-    assert L._parse_retry_after({"retry-after": "soon"}) is None
-    later = L._parse_retry_after({"retry-after": formatdate(time.time() + 30, usegmt=True)})
-    assert 25 <= later <= 31
-
-
-def test_backoff_grows_exponentially_with_jitter(retry_log):
+def test_backoff_grows_exponentially_with_jitter():
     with FakeAPI([err(502)]) as api:
-        with pytest.raises(L.ServerError):
-            client(api.url, max_retries=3, backoff_base=0.02, backoff_max=10).chat("hi")
-    delays = [r.args[-1] for r in retry_log if r.levelno == logging.WARNING]
-    assert len(delays) == 3
-    for i, d in enumerate(delays):  # jitter keeps each delay within [half, all] of base * 2**i
-        full = 0.02 * 2**i
-        assert full / 2 <= d <= full
+        with pytest.raises(L.ServerError, match="3 attempts"):
+            client(api.url, max_retries=2).chat("hi")
+    for i, gap in enumerate(gaps(api)):  # 0.5 s * 2**i, less up to 25 % jitter (plus scheduling slack)
+        full = 0.5 * 2**i
+        assert 0.75 * full - 0.01 <= gap <= full + 0.5, (i, gap)
+
+
+def test_a_server_that_says_do_not_retry_is_not_retried_and_the_count_is_exact():
+    with FakeAPI([(503, {"x-should-retry": "false"}, {"error": {"message": "down for maintenance"}})]) as api:
+        with pytest.raises(L.ServerError, match=r"HTTP 503 \(1 attempt\)"):
+            client(api.url, max_retries=3).chat("hi")
+    assert len(api.requests) == 1
 
 
 def test_unreachable_server_says_url_and_what_to_do():
@@ -220,6 +224,8 @@ def test_rejected_key_is_not_retried_and_not_shown():
         with pytest.raises(L.AuthenticationError) as ei:
             client(api.url, max_retries=3).chat("hi")
     assert len(api.requests) == 1
+    # the openai error (with the server's body) is not chained to bgekit's
+    assert ei.value.__cause__ is None and ei.value.__suppress_context__
     msg = str(ei.value)
     assert "HTTP 401" in msg and "api_key" in msg
     assert KEY not in msg and "SECRET" not in msg
@@ -242,8 +248,8 @@ def test_model_not_found_as_400_is_recognised():
 def test_other_400_is_a_bad_request():
     with FakeAPI([err(400, "max_tokens too large")]) as api:
         with pytest.raises(L.BadRequestError, match="max_tokens too large"):
-            client(api.url).chat("hi")
-    assert len(api.requests) == 1
+            client(api.url, max_retries=3).chat("hi")
+    assert len(api.requests) == 1  # a 400 is never retried
 
 
 def test_models_lists_ids():
@@ -261,7 +267,9 @@ def test_presets_and_overrides(monkeypatch):
     monkeypatch.setenv("NOVITA_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     n = L.LLMClient(provider="novita")
-    assert (n.base_url, n.model, n.key_env) == ("https://api.novita.ai/v3/openai", "meta-llama/llama-3.1-8b-instruct", "NOVITA_API_KEY")
+    assert (n.base_url, n.model, n.key_env) == (
+        "https://api.novita.ai/v3/openai", "meta-llama/llama-3.1-8b-instruct", "NOVITA_API_KEY"
+    )
     o = L.LLMClient(provider="openai", model="gpt-4o")
     assert (o.base_url, o.model) == ("https://api.openai.com/v1", "gpt-4o")
     c = L.LLMClient(provider="novita", base_url="http://h:1/v1/", model="x")
@@ -402,7 +410,7 @@ def test_local_server_is_stopped_after_an_error_inside():
     with pytest.raises(ZeroDivisionError):
         with L.local_server() as c:
             proc = c.server.process
-            1 / 0
+            1 / 0  # noqa: B018
     assert proc.poll() is not None
 
 

@@ -11,14 +11,22 @@ import numpy as np
 import pytest
 
 from bgekit import rag
+from bgekit.data import doc_text
 
 PASSAGES = {
-    "tides": {"title": "Tides", "text": "Ocean tides are caused mainly by the gravitational pull of the Moon on the Earth's oceans."},
-    "tomato": {"title": "Tomatoes", "text": "Tomato plants need at least six hours of direct sunlight a day to produce fruit."},
-    "python": {"title": "Python", "text": "Python is a programming language created by Guido van Rossum and first released in 1991."},
-    "everest": {"title": "Mount Everest", "text": "Mount Everest is the highest mountain on Earth, 8,849 metres above sea level."},
-    "bread": {"title": "Bread", "text": "Bread dough rises because yeast ferments sugars and releases carbon dioxide gas."},
-    "cactus": {"title": "Cactus care", "text": "Cacti store water in their stems, so they should be watered only when the soil is completely dry."},
+    "tides": {"title": "Tides",
+              "text": "Ocean tides are caused mainly by the gravitational pull of the Moon on the Earth's oceans."},
+    "tomato": {"title": "Tomatoes",
+               "text": "Tomato plants need at least six hours of direct sunlight a day to produce fruit."},
+    "python": {"title": "Python",
+               "text": "Python is a programming language created by Guido van Rossum and first released in 1991."},
+    "everest": {"title": "Mount Everest",
+                "text": "Mount Everest is the highest mountain on Earth, 8,849 metres above sea level."},
+    "bread": {"title": "Bread",
+              "text": "Bread dough rises because yeast ferments sugars and releases carbon dioxide gas."},
+    "cactus": {"title": "Cactus care",
+               "text": "Cacti store water in their stems, so they should be watered only when the soil is "
+                       "completely dry."},
 }
 
 
@@ -86,6 +94,13 @@ def encoder():
     return Encoder(str(offline_model_path()), device="cpu")
 
 
+@pytest.fixture(scope="module")
+def retriever(encoder):
+    from bgekit.retrieval import DenseRetriever
+
+    return DenseRetriever(encoder, PASSAGES)
+
+
 def _texts(ids):
     return [f"{PASSAGES[i]['title']} {PASSAGES[i]['text']}" for i in ids]
 
@@ -138,6 +153,26 @@ def test_attribution_thresholds_by_family(encoder):
     assert rag.attribution_thresholds(Named()) == (0.72, 0.05)
 
 
+def test_dense_retriever_hands_out_its_stored_vectors(retriever, encoder):
+    ids = ["cactus", "tides", "cactus"]
+    got = retriever.doc_vectors(ids)
+    assert got.dtype == np.float32 and got.shape == (3, retriever.embeddings.shape[1])
+    ref = encoder.encode_corpus([doc_text(PASSAGES[d]) for d in ids])  # encoded afresh
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert retriever.doc_vectors([]).shape == (0, retriever.embeddings.shape[1])
+    with pytest.raises(KeyError, match=r"doc_ids\[1\] = 'nope'"):
+        retriever.doc_vectors(["tides", "nope"])
+    with pytest.raises(TypeError, match="list of doc ids"):
+        retriever.doc_vectors("tides")
+
+
+def test_answer_arguments_are_checked(retriever):
+    with pytest.raises(ValueError, match="pass reranker"):
+        rag.answer("q?", retriever, llm=None, fusion_weight=1.0)
+    with pytest.raises(ValueError, match="k and top_n"):
+        rag.answer("q?", retriever, llm=None, top_n=0)
+
+
 def test_answer_needs_a_corpus():
     class NoCorpus:
         def search(self, qs, k):
@@ -163,24 +198,24 @@ def local():
         yield c
 
 
-@pytest.fixture(scope="module")
-def retriever(encoder):
-    from bgekit.retrieval import DenseRetriever
-
-    return DenseRetriever(encoder, PASSAGES)
-
-
 QUESTION = "What causes ocean tides?"
 
 
 @needs_server
 @pytest.mark.llm
-def test_rag_answer_cites_retrieved_passages(local, retriever, encoder):
+def test_rag_answer_cites_retrieved_passages(local, retriever, encoder, monkeypatch):
+    encoded = []  # what the encoder is asked to embed (a spy on the real method)
+    real_encode_corpus = encoder.encode_corpus
+    monkeypatch.setattr(encoder, "encode_corpus",
+                        lambda docs, **kw: encoded.append(list(docs)) or real_encode_corpus(docs, **kw))
     res = rag.answer(QUESTION, retriever, local, k=5, top_n=3, encoder=encoder)
+    monkeypatch.undo()
+    assert len(encoded) == 1 and len(encoded[0]) == 1  # the answer only: the passages' vectors came from doc_vectors
     retrieved = [d for d, _ in retriever.search([QUESTION], k=5)[0]][:3]
     assert [s["id"] for s in res.sources] == retrieved
     assert res.sources[0]["id"] == "tides"
     assert [s["rank"] for s in res.sources] == [1, 2, 3]
+    assert all(s["rerank_score"] is None and s["score"] == s["retrieval_score"] for s in res.sources)
     assert res.answer.strip()
     assert res.citations, f"the model cited nothing: {res.answer!r}"
     assert all(1 <= c <= 3 for c in res.citations)
@@ -202,7 +237,8 @@ class OverlapReranker:
 
     def rerank(self, query, passages, top_k=None):
         q = set(query.lower().replace("?", "").split())
-        scored = [{"index": i, "text": p, "score": float(len(q & set(p.lower().split())))} for i, p in enumerate(passages)]
+        scored = [{"index": i, "text": p, "score": float(len(q & set(p.lower().split())))}
+                  for i, p in enumerate(passages)]
         scored.sort(key=lambda r: (-r["score"], r["index"]))
         return scored[:top_k] if top_k else scored
 
@@ -213,12 +249,65 @@ def test_rag_answer_uses_the_reranker_order(local, retriever):
     q = "how often should a cactus be watered"
     res = rag.answer(q, retriever, local, reranker=OverlapReranker(), k=6, top_n=2, max_tokens=48)
     hits = dict(retriever.search([q], k=6)[0])
-    expected = OverlapReranker().rerank(q, [rag._doc_text(PASSAGES[d]) for d in hits], top_k=2)
+    expected = OverlapReranker().rerank(q, [doc_text(PASSAGES[d]) for d in hits], top_k=2)
     ids = list(hits)
     assert [s["id"] for s in res.sources] == [ids[r["index"]] for r in expected]
     assert [s["score"] for s in res.sources] == [r["score"] for r in expected]
+    assert [s["rerank_score"] for s in res.sources] == [r["score"] for r in expected]
     assert all(s["retrieval_score"] == pytest.approx(hits[s["id"]]) for s in res.sources)
     assert res.timings["rerank"] > 0
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_dir(tmp_path_factory):
+    """A real cross-encoder with a seeded random head (the bundled MiniLM): untrained, so its order is
+    arbitrary but fixed, and it disagrees with the dense order (which the fused score must then blend)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bgekit.models import offline_model_path
+
+    torch.manual_seed(7)
+    model = AutoModelForSequenceClassification.from_pretrained(offline_model_path(), num_labels=1)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 1.0)
+    out = tmp_path_factory.mktemp("rag_reranker")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(offline_model_path()).save_pretrained(out)
+    return out
+
+
+@needs_server
+@pytest.mark.llm
+def test_rag_answer_reranks_with_the_fused_score(local, retriever, cross_encoder_dir):
+    """Sources ordered by logit + w x cosine, checked against a plain transformers forward pass."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bgekit.reranker import Reranker
+
+    q, w = "how often should a cactus be watered", 2.0
+    res = rag.answer(q, retriever, local, reranker=Reranker(cross_encoder_dir, device="cpu"), k=6, top_n=4,
+                     fusion_weight=w, max_tokens=16)
+    hits = retriever.search([q], k=6)[0]
+    tok = AutoTokenizer.from_pretrained(cross_encoder_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(cross_encoder_dir).eval()
+    with torch.no_grad():
+        logits = {d: float(model(**tok([q], [doc_text(PASSAGES[d])], return_tensors="pt")).logits[0, 0])
+                  for d, _ in hits}
+    fused = {d: logits[d] + w * cos for d, cos in hits}
+    expected = sorted(fused, key=lambda d: (fused[d], d), reverse=True)[:4]  # best first, ties by id descending
+    assert [s["id"] for s in res.sources] == expected
+    for s in res.sources:
+        assert s["score"] == pytest.approx(fused[s["id"]], abs=1e-4)
+        assert s["rerank_score"] == pytest.approx(logits[s["id"]], abs=1e-4)
+        assert s["retrieval_score"] == pytest.approx(dict(hits)[s["id"]])
+    # the fused order differs from both the dense order and the reranker's alone, so the test tells them apart
+    by_logit = sorted(logits, key=lambda d: -logits[d])[:4]
+    assert expected != [d for d, _ in hits][:4] and expected != by_logit
+    alone = rag.answer(q, retriever, local, reranker=Reranker(cross_encoder_dir, device="cpu"), k=6, top_n=4,
+                       max_tokens=16)
+    assert [s["id"] for s in alone.sources] == by_logit
 
 
 @needs_server
@@ -263,7 +352,8 @@ def test_langchain_embeddings_adapter_matches_the_encoder(encoder):
     docs = emb.embed_documents(texts)
     assert isinstance(docs, list) and isinstance(docs[0], list) and isinstance(docs[0][0], float)
     np.testing.assert_allclose(docs, encoder.encode_corpus(texts), atol=1e-6)
-    np.testing.assert_allclose(emb.embed_query("why do tides happen"), encoder.encode_queries(["why do tides happen"])[0], atol=1e-6)
+    np.testing.assert_allclose(emb.embed_query("why do tides happen"),
+                               encoder.encode_queries(["why do tides happen"])[0], atol=1e-6)
     # an explicit instruction is prepended to the query
     np.testing.assert_allclose(
         BGEEmbeddings(encoder=encoder, query_instruction="query: ").embed_query("tides"),
