@@ -635,3 +635,11 @@ def _looks_like_index(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+if __name__ == "__main__":  # python -m bgekit.index build ... (see bgekit.index_build)
+    import sys
+
+    from bgekit.index_build import main
+
+    sys.exit(main())
