@@ -63,6 +63,8 @@ def corpus_key(encoder: Any, texts: Sequence[str], **settings: Any) -> str:
     h = hashlib.sha256(model_fingerprint(encoder.model, encoder.tokenizer).encode())
     fixed = dict(pooling=encoder.pooling, normalize=encoder.normalize, max_length=encoder.max_length,
                  dtype=str(encoder.dtype))
+    if getattr(encoder, "truncate_dim", None) is not None:  # only when set: keys of untruncated encoders unchanged
+        fixed["truncate_dim"] = encoder.truncate_dim
     fixed.update({k: v for k, v in settings.items() if v is not None})
     h.update(repr(sorted(fixed.items())).encode())
     for t in texts:

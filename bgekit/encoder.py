@@ -80,12 +80,17 @@ class Encoder:
         query_instruction: prefix for :meth:`encode_queries`; ``None`` takes the registry's, ``""`` none.
         dtype: ``"fp16"``/``"bf16"``/``"fp32"``; ``None``: fp16 on CUDA, fp32 elsewhere.
         batch_size: texts per forward pass (halved automatically on CUDA out-of-memory).
+        truncate_dim: keep only the first ``truncate_dim`` dimensions of each pooled vector (then
+            normalise), as sentence-transformers' ``truncate_dim``. Smaller vectors, lower quality:
+            BGE v1.5 was not trained for truncation (no Matryoshka loss), so measure the cost on
+            your data (notebook 07 does). ``None`` keeps all ``hidden_size`` dimensions.
     """
 
     def __init__(self, model_name_or_path: str | os.PathLike | None = None, *, device: str | None = None,
                  pooling: str | None = None, normalize: bool | None = None, max_length: int | None = None,
                  query_instruction: str | None = None, dtype: str | torch.dtype | None = None,
-                 batch_size: int = 64, show_progress: bool | None = None, mode: str | None = None) -> None:
+                 batch_size: int = 64, show_progress: bool | None = None, mode: str | None = None,
+                 truncate_dim: int | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         name = str(model_name_or_path) if model_name_or_path is not None else default_embedder(mode)
@@ -112,6 +117,12 @@ class Encoder:
             raise models.load_error(name, e) from e
         self.model.to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
+        self.truncate_dim = None
+        if truncate_dim is not None:
+            if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or not 1 <= truncate_dim <= self.dim:
+                raise ValueError(f"truncate_dim must be an int in [1, {self.dim}] (the model's hidden size), "
+                                 f"got {truncate_dim!r}")
+            self.truncate_dim = self.dim = int(truncate_dim)
         model_max = getattr(self.model.config, "max_position_embeddings", 512) or 512
         self.max_length = min(int(spec.max_length), int(model_max))
         logger.info("Encoder %s on %s (%s): %s pooling, normalize=%s, max_length=%d, query instruction %r",
@@ -198,6 +209,8 @@ class Encoder:
 
         def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             emb = self._forward(batch)
+            if self.truncate_dim is not None:  # before normalising, so that truncated vectors have length 1
+                emb = emb[:, : self.truncate_dim]
             return torch.nn.functional.normalize(emb, p=2, dim=-1) if normalize else emb
 
         run_length_sorted(feats, self.tokenizer, self.device, forward, out, bs, desc="encode", unit="text", show=show)
