@@ -97,7 +97,7 @@ print("base model:", NAME, "| work dir:", WORK)
 # $\tau = 0.02$ a gap of 0.1 between the positive and a negative becomes a factor of $e^{5} \approx 148$ in
 # probability, and at $\tau = 0.01$ a factor of $e^{10} \approx 22{,}000$. Which value does BGE use? BAAI
 # trained the BGE models with $\tau = 0.01$ (C-Pack paper, Xiao et al., arXiv 2309.07597, the training
-# recipe of BGE); $0.02$ is the value in FlagEmbedding's *fine-tuning* example, the one most people start from
+# recipe of BGE; the BGE model cards' FAQ says the same); $0.02$ is the value in FlagEmbedding's *fine-tuning* example, the one most people start from
 # when they adapt BGE, and the one this course's full mode uses. A low temperature makes the loss care
 # mostly about the hardest negatives; a high one spreads attention over all of them and pulls less. The
 # picture below shows the probability the softmax gives to each passage for the same six cosine scores.
