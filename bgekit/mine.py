@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="which positive score the margin is relative to when a row has several (default min)")
     ap.add_argument("--reranker", default=None, help="cross-encoder (name or folder) for the guard")
     ap.add_argument("--reranker_threshold", type=float, default=DEFAULT_RERANKER_THRESHOLD,
-                    help="drop candidates the reranker scores above this probability (default 0.5)")
+                    help="drop candidates whose reranker score (sigmoid of the logit, in [0, 1], "
+                         "not a calibrated probability) is above this (default 0.5)")
     ap.add_argument("--batch_size", type=int, default=None, help="texts per encoder forward pass")
     return ap
 

@@ -25,7 +25,8 @@ The algorithm, per query:
    *lowest* positive score (``margin_reference="min"``, the cautious choice: anything the model
    rates as high as a known positive may well be one; ``"max"`` uses the best positive), and,
    with a ``reranker``, candidates the cross-encoder scores above ``reranker_threshold``
-   (``compute_score(pairs, normalize=True)``, i.e. a probability);
+   (``compute_score(pairs, normalize=True)``: the sigmoid of the reranker's logit, in [0, 1] but
+   not a calibrated probability);
 5. sample ``negative_number`` of the survivors in random order with ``random.Random(seed)``;
 6. rows that come up short are padded with random pool texts (never a positive, the query or a
    duplicate; the guard applies to them too), and counted in the report.

@@ -517,3 +517,142 @@ def evaluate_citations(
         latency=latency,
         rows=rows,
     )
+
+
+# --------------------------------------------------------------------------- support (faithfulness)
+
+__all__ += ["split_sentences", "SupportCheck", "check_support"]
+
+# a sentence: up to . ! or ? (and any citation marks right after it) followed by white space or the end
+_SENTENCE = re.compile(r"\S.*?(?:[.!?]+(?:\s*\[[^\]]*\])*(?=\s|$)|$)", re.S)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split an answer into sentences: after ``.``, ``!`` or ``?`` followed by white space.
+
+    Citation marks right after the full stop (``"... soil. [2] Then ..."``) stay with the sentence before
+    them; a full stop inside a number (``2.5``) does not end a sentence.
+
+    Args:
+        text: the answer.
+
+    Returns:
+        The sentences, stripped, in order (empty for an empty answer).
+
+    >>> split_sentences("Water weekly [1]. Feed in spring [2].  ")
+    ['Water weekly [1].', 'Feed in spring [2].']
+    >>> split_sentences("Use rainwater. [3] Add 2.5 g of lime")
+    ['Use rainwater. [3]', 'Add 2.5 g of lime']
+    """
+    return [m.group(0).strip() for m in _SENTENCE.finditer(text or "") if m.group(0).strip()]
+
+
+@dataclass
+class SupportCheck:
+    """What :func:`check_support` found, sentence by sentence.
+
+    ``sentences[i]`` was scored against the sources numbered ``checked[i]`` (1-based); ``scores[i]`` is
+    its best score among them and ``best_source[i]`` the source that gave it. A sentence is *supported*
+    when its score is at least ``threshold``.
+    """
+
+    sentences: list[str]
+    checked: list[list[int]]
+    scores: list[float]
+    best_source: list[int | None]
+    threshold: float
+
+    @property
+    def supported(self) -> list[bool]:
+        """Per sentence: score >= threshold."""
+        return [s >= self.threshold for s in self.scores]
+
+    @property
+    def support_rate(self) -> float:
+        """Share of sentences that are supported (0.0 for an answer with no sentence)."""
+        return sum(self.supported) / len(self.sentences) if self.sentences else 0.0
+
+    @property
+    def all_supported(self) -> bool:
+        """True when the answer has at least one sentence and every sentence is supported."""
+        return bool(self.sentences) and all(self.supported)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(sentences=self.sentences, checked=self.checked, scores=self.scores,
+                    best_source=self.best_source, supported=self.supported, support_rate=self.support_rate,
+                    threshold=self.threshold)
+
+
+def check_support(
+    answer_text: str,
+    passages: Sequence[str],
+    scorer: Any,
+    threshold: float = 0.5,
+    normalize: bool = True,
+) -> SupportCheck:
+    """Score whether the passages an answer cites *support* what it says, sentence by sentence.
+
+    Embedding attribution (:func:`attribute`) measures whether an answer is *about* the same thing as a
+    source: an answer that contradicts its source while using its words passes it. This check reads each
+    (claim, passage) pair with a cross-encoder instead, which sees both texts at once:
+
+    1. the answer is split into sentences (:func:`split_sentences`); citation marks are removed from the
+       claim text that is scored;
+    2. each sentence is checked against the sources it cites itself; a sentence that cites nothing is
+       checked against every source the answer cites; an answer that cites nothing, against all sources;
+    3. its score is the best ``scorer.compute_score([(claim, passage), ...], normalize=normalize)`` over
+       those sources, and it is supported when that score is ``>= threshold``.
+
+    A relevance cross-encoder (``BAAI/bge-reranker-*``, the course's reranker) is not an entailment
+    model and its scores are not calibrated probabilities: choose ``threshold`` on a few labelled
+    (claim, passage) pairs of your own, as notebook 06 does.
+
+    Args:
+        answer_text: the model's answer, with citation marks like ``[2]``.
+        passages: the sources as numbered in the prompt (``passages[0]`` is ``[1]``).
+        scorer: an object with ``compute_score(pairs, normalize=...)`` returning one score per pair,
+            such as :class:`bgekit.Reranker`.
+        threshold: the support cut-off on the score scale (``normalize=True``: the sigmoid, in [0, 1]).
+        normalize: passed to ``compute_score``.
+
+    Returns:
+        A :class:`SupportCheck`.
+
+    Raises:
+        ValueError: ``passages`` is empty, or the scorer returns a wrong number of scores.
+
+    Example::
+
+        chk = check_support(res.answer, [s["text"] for s in res.sources], reranker, threshold=0.3)
+        chk.scores, chk.supported, chk.support_rate
+    """
+    if not passages:
+        raise ValueError("passages is empty: there is nothing to check the answer against")
+    n = len(passages)
+    answer_cites, _ = parse_citations(answer_text or "", n)
+    sentences = split_sentences(answer_text or "")
+    claims: list[str] = []
+    checked: list[list[int]] = []
+    for s in sentences:
+        own, _ = parse_citations(s, n)
+        claim = re.sub(r"\s+([.,;:!?])", r"\1", " ".join(_CITE.sub(" ", s).split()))   # "dry [1]." -> "dry."
+        claims.append(claim)
+        checked.append(own or answer_cites or list(range(1, n + 1)))
+    keep = [i for i, c in enumerate(claims) if c]          # a sentence that is only "[2]" carries no claim
+    sentences = [sentences[i] for i in keep]
+    claims = [claims[i] for i in keep]
+    checked = [checked[i] for i in keep]
+    pairs = [(c, str(passages[j - 1])) for c, js in zip(claims, checked) for j in js]
+    raw = np.asarray(scorer.compute_score(pairs, normalize=normalize) if pairs else [], dtype=np.float64).reshape(-1)
+    if raw.shape[0] != len(pairs):
+        raise ValueError(f"the scorer returned {raw.shape[0]} scores for {len(pairs)} (claim, passage) pairs")
+    scores: list[float] = []
+    best_source: list[int | None] = []
+    k = 0
+    for js in checked:
+        part = raw[k:k + len(js)]
+        k += len(js)
+        b = int(np.argmax(part))
+        scores.append(round(float(part[b]), 6))
+        best_source.append(js[b])
+    return SupportCheck(sentences, checked, scores, best_source, float(threshold))

@@ -37,7 +37,8 @@
 # - why random negatives teach little and hard negatives teach a lot (and the scores that show it);
 # - how FlagEmbedding's `hn_mine` works (`range_for_sampling`, `negative_number`, `candidate_pool`)
 #   and how to run it with `bgekit.mine_hard_negatives` or `python -m bgekit.mine`;
-# - how the sampling range changes what gets mined;
+# - what `range_for_sampling` counts (in `hn_mine` and in `bgekit`) and how the range changes what gets mined;
+# - how to estimate the false-negative rate of a range by labelling a sample of its candidates;
 # - how a *false-negative guard* (a margin relative to the positive's score, optionally a
 #   cross-encoder) keeps passages that are nearly positives out of the negatives;
 # - how to inspect a mined file before you train on it.
@@ -143,8 +144,8 @@ print(f"encoded {len(rows)} queries and {len(miner.pool)} passages in {miner.enc
 # ## 3 · Random negatives versus hard negatives
 #
 # First the baseline: for each query, 7 passages drawn at random from the pool (never its positive).
-# Then mined ones: 7 sampled from ranks 2 to 100 of the query's ranking (after its positives are
-# removed). The histogram shows the similarity of each query to its positive(s) and to its negatives.
+# Then mined ones: 7 sampled from the window `2-100` of the query's ranking (the 3rd to the 100th passage
+# once its positives are removed; section 4 says exactly what the numbers count). The histogram shows the similarity of each query to its positive(s) and to its negatives.
 
 # %%
 rng = np.random.default_rng(0)
@@ -186,10 +187,55 @@ for i in (0, 1, 2):
 # %% [markdown]
 # ## 4 · The sampling range
 #
-# `range_for_sampling="a-b"` says which ranks to sample from (0 = the most similar passage that is not a
-# positive). FlagEmbedding's default is `10-210`, for corpora of millions of passages. The start `a`
-# skips the very top, where false negatives concentrate; the end `b` bounds how easy the negatives may
-# get. Our corpus holds only a few hundred passages, so we compare smaller ranges. Since the course
+# `range_for_sampling="a-b"` is a Python slice `[a:b]` of a 0-based ranking: rank 0 is the passage the
+# model scores highest, and the slice holds ranks `a, a+1, ..., b-1`, so at most `b - a` candidates.
+# `negative_number` of them are drawn at random. FlagEmbedding's default is `10-210`, for corpora of
+# millions of passages. The start `a` skips the very top, where false negatives concentrate; the end
+# `b` bounds how easy the negatives may get.
+#
+# **Which ranking is sliced differs between the two tools**, and the difference matters on a small corpus:
+#
+# | | what `[a:b]` slices | what `"2-100"` gives |
+# |---|---|---|
+# | FlagEmbedding's `hn_mine` (`scripts/hn_mine.py`) | the raw search results, *then* drops the query's positives (and the query text) from the slice | results 3 to 100 of the search, minus any positive among them: at most 98 candidates, fewer when positives fall inside the slice |
+# | `bgekit` (this notebook) | the ranking *after* the query's positives and the query text are removed | the 3rd to the 100th passage that is not a positive: always 98 candidates (when the pool is big enough) |
+#
+# So with `bgekit`, "rank 0" is the best *non-positive* passage. The two agree for a query none of whose
+# positives ranks in the raw top `b`. Otherwise each positive ranked above `a` moves `hn_mine`'s window
+# one rank *up* (towards harder candidates) in our counting, and each positive inside the window makes it
+# one candidate shorter. The package docstring (`bgekit/mining.py`, step 3) states the same difference.
+# The cell below counts how often it matters for the course's training queries; everything after it
+# uses `bgekit`'s counting.
+#
+# > **Erratum (the blog this course grew from).** The blog read `range_for_sampling 2-100` as "top 2 to
+# > top 200". It means the slice `[2:100]` of a 0-based ranking: the 3rd to the 100th passage, at most
+# > 98 candidates (in `hn_mine` the 3rd to the 100th search result, minus positives; in `bgekit` the 3rd
+# > to the 100th non-positive). Nothing is doubled, and the first two ranks are skipped.
+
+# %%
+def raw_ranking(i):
+    """Pool positions of row i's whole ranking, best first, positives *included* (what hn_mine slices)."""
+    return np.argsort(-(miner.pool_vecs @ miner.query_vector(i)), kind="stable")
+
+
+def positive_positions(i):
+    keys = {normalize_text(t) for t in rows[i]["pos"]} | {normalize_text(rows[i]["query"])}
+    return {j for j, t in enumerate(miner.pool) if normalize_text(t) in keys}
+
+
+a, b = mining.COURSE_RANGE
+differ = 0
+for i in range(len(rows)):
+    excluded = positive_positions(i)
+    raw = raw_ranking(i)
+    hn_window = [int(p) for p in raw[a:b] if int(p) not in excluded]          # hn_mine: slice, then remove
+    ours, _ = miner.ranked_candidates(i, b)                                      # bgekit: remove, then slice
+    differ += set(hn_window) != set(ours[a:b])
+print(f"range {a}-{b}: hn_mine's candidate set and bgekit's differ for {differ} of {len(rows)} training queries "
+      f"({differ / len(rows):.0%})")
+
+# %% [markdown]
+# Our corpus holds only a few hundred passages, so we compare smaller ranges. Since the course
 # collection also labels *partly relevant* (grade-1) passages, we can count how many of those, real
 # near-positives, each setting would have trained the model to push away.
 
@@ -215,6 +261,75 @@ ax.set_title("Partly relevant passages crowd the top ranks")
 plt.show()
 
 # %% [markdown]
+# ### Exercise · the false-negative rate of a range
+#
+# Before you mine a real collection, *estimate* how many false negatives a range would hand you: take the
+# candidates at ranks `a..b-1`, label each one (does it answer or partly answer the query?), and report the
+# share labelled relevant. Labelling by hand is what you would do on your own data; here the course's
+# relevance judgements (`qrels`, grades 1 and 2) are the labels. Write `false_negative_rate(miner, relevant,
+# a, b)`: over all rows, the share of candidates at ranks `a..b-1` (bgekit's counting: positives and query
+# removed) whose text is in `relevant[i]`. The check compares it with a brute-force reference that ranks the
+# whole pool with numpy, and then estimates the same rate from a random sample of 100 labelled candidates.
+#
+# Judgements are sparse (a passage nobody judged counts as "not relevant"), so the rate is a **lower bound**
+# on the real false-negative rate.
+
+# %% [markdown]
+# *Hint:* `miner.ranked_candidates(i, b)` returns the first `b` candidates of row `i`; slice `[a:b]`, compare
+# `normalize_text(miner.pool[p])` with `relevant[i]`, and divide by the number of candidates you looked at.
+
+# %%
+from bgekit.exercises import check, todo
+
+# the labels: every passage the qrels judge relevant (grade 1 or 2) to row i's query, as normalised text
+relevant = [{normalize_text(doc_text(data.corpus[d])) for d, g in data.qrels[r["query_id"]].items() if g > 0}
+            for r in rows]
+
+
+def false_negative_rate(miner, relevant, a, b):
+    """Share of the candidates at ranks a..b-1 (all rows together) that are judged relevant."""
+    todo("false_negative_rate(miner, relevant, a, b)")
+
+
+# %% tags=["solution"]
+def false_negative_rate(miner, relevant, a, b):
+    hits = seen = 0
+    for i in range(len(miner.rows)):
+        cand, _ = miner.ranked_candidates(i, b)
+        window = cand[a:b]
+        hits += sum(normalize_text(miner.pool[p]) in relevant[i] for p in window)
+        seen += len(window)
+    return hits / seen
+
+
+# %%
+def reference_rate(a, b):
+    """Independent reference: rank the whole pool with numpy, drop positives and the query, slice [a:b]."""
+    labels = []
+    for i in range(len(rows)):
+        excluded = positive_positions(i)
+        window = [int(p) for p in raw_ranking(i) if int(p) not in excluded][a:b]
+        labels += [normalize_text(miner.pool[p]) in relevant[i] for p in window]
+    return np.array(labels, dtype=float)
+
+
+with check("false-negative rate of a range"):
+    table = []
+    for a_, b_ in [(0, 10), (2, 100), (10, 100), (100, 200)]:
+        yours, ref = false_negative_rate(miner, relevant, a_, b_), reference_rate(a_, b_)
+        assert abs(yours - ref.mean()) < 1e-12, (a_, b_, yours, ref.mean())
+        sample = np.random.default_rng(0).choice(ref, size=100, replace=False)   # 100 hand-labelled candidates
+        half = 1.96 * np.sqrt(sample.mean() * (1 - sample.mean()) / len(sample))
+        table.append({"range": f"{a_}-{b_}", "candidates": len(ref), "false-negative rate (all)": yours,
+                      "estimate from 100 labelled": f"{sample.mean():.3f} ± {half:.3f}"})
+    display(pd.DataFrame(table).round(4))
+
+# %% [markdown]
+# The rate falls fast with the start of the range: the top ranks are where the unlabelled answers sit. A
+# sample of 100 labelled candidates is enough to see that (its 95% interval, the `±`, is a normal
+# approximation), and a day of labelling is cheap next to training on thousands of false negatives.
+
+# %% [markdown]
 # The earlier the range starts, the harder the negatives, and the more near-positives slip in. Starting
 # later is the blunt fix: it also throws away the hardest *true* negatives. A guard is the finer one.
 #
@@ -227,7 +342,16 @@ plt.show()
 #   a passage the model rates as high as a known answer may well be one. (NV-Retriever calls this
 #   "positive-aware" mining.)
 # - **reranker**: a cross-encoder reads each (query, candidate) pair and drops those it scores above
-#   `reranker_threshold` (a probability). Slower, but much better at telling "answers it" from "is about it".
+#   `reranker_threshold`. Slower, but much better at telling "answers it" from "is about it". The score
+#   compared with the threshold is `compute_score(pairs, normalize=True)`: the sigmoid of the reranker's
+#   output, a number in [0, 1], **not a probability**. BGE's rerankers are trained with a group-wise softmax
+#   loss (one positive against several negatives of the same query, cross-entropy over the group), so what
+#   the training fixes is the *difference* between the logits of one query's passages, not their level. The
+#   sigmoid keeps the order and squeezes the range; nothing calibrates 0.5 to mean "even odds". Choose the
+#   threshold by reading the pairs it drops (below) or on labelled data.
+#
+# > **Erratum (the blog).** The blog called the reranker's score "a probability". It is a logit of a
+# > group-wise softmax loss, mapped into [0, 1] by a sigmoid when `normalize=True`; uncalibrated.
 #
 # Each dropped candidate is kept in `report.dropped` so you can see what the guard did.
 
@@ -253,6 +377,52 @@ caught = [d for d in guarded.dropped if normalize_text(d["text"]) in near_pos[d[
 display(pd.DataFrame([{"query": d["query"], "caught passage": short(d["text"], 100), "rank": d["rank"],
                        "score": round(d["score"], 3), "positive score": round(d["positive_score"], 3)}
                       for d in caught[:6]]))
+
+# %% [markdown]
+# Here is the whole mining step on **one query's ranking**: every passage in the order the model ranks it
+# (the x axis counts the raw ranking, positives included, as `hn_mine` does), its score, the query's
+# positive(s), the window `bgekit` samples from (the 3rd to the 100th non-positive), the negatives drawn
+# from it, and the candidates the 5% margin dropped, with the grade-1 (partly relevant) ones circled: the
+# false negatives the guard kept out of training.
+
+# %%
+pool_position = {normalize_text(t): j for j, t in enumerate(miner.pool)}
+
+
+def window_figure(i, report, a, b, show=120):
+    raw = [int(p) for p in raw_ranking(i)]
+    scores = miner.pool_vecs[raw] @ miner.query_vector(i)
+    excluded = positive_positions(i)
+    cand, _ = miner.ranked_candidates(i, b)
+    in_window = set(cand[a:b])
+    mined = {pool_position[normalize_text(t)] for t in report.output_rows[i]["neg"]}
+    dropped = {pool_position[normalize_text(d["text"])] for d in report.dropped if d["row"] == i}
+    x = np.arange(show)
+
+    def kind(test):                      # the raw ranks (within the first `show`) whose passage passes a test
+        return [k for k in x if test(raw[k])]
+
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    ax.plot(x, scores[:show], color="lightgray", lw=1, zorder=0)
+    win = kind(lambda p: p in in_window)
+    ax.axvspan(min(win) - 0.5, max(win) + 0.5, color="tab:blue", alpha=0.08,
+               label=f"window: non-positive ranks {a}-{b - 1}")
+    ax.axhline((1 - mining.COURSE_MARGIN) * miner.positive_scores(i).min(), color="tab:orange", ls=":", lw=1,
+               label="margin threshold: 0.95 × lowest positive score")
+    for ks, style in [(kind(lambda p: p in excluded), dict(marker="*", s=160, color="tab:green", label="positive")),
+                      (kind(lambda p: p in mined), dict(marker="o", s=30, color="tab:red", label="sampled negative")),
+                      (kind(lambda p: p in dropped), dict(marker="x", s=50, color="tab:orange",
+                                                          label="dropped by the margin"))]:
+        ax.scatter(ks, scores[ks], zorder=3, **style)
+    fn = kind(lambda p: normalize_text(miner.pool[p]) in near_pos[i])
+    ax.scatter(fn, scores[fn], s=180, facecolors="none", edgecolors="k", zorder=4, label="grade-1 (partly relevant)")
+    ax.set_xlabel("rank in the model's ranking (0 = best; positives included)"); ax.set_ylabel("cosine to the query")
+    ax.set_title(short(rows[i]["query"], 90)); ax.legend(fontsize=7, ncol=2); plt.show()
+
+
+# a query where the margin caught a grade-1 passage inside the window
+shown = next(d["row"] for d in caught if d["rank"] is not None)
+window_figure(shown, guarded, *mining.COURSE_RANGE)
 
 # %% [markdown]
 # The margin also drops many candidates that are *not* labelled relevant at all. With a small model,
@@ -348,9 +518,14 @@ print(sorted(first), len(first["neg"]), "negatives in the first row")
 #   to the positives and carry the training signal.
 # - Mining = encode queries (with the instruction) and the pool, search, remove each query's positives
 #   and the query itself, sample `negative_number` from ranks `a-b`, pad at random when short.
+#   `range_for_sampling="a-b"` is the 0-based slice `[a:b]`, at most `b - a` candidates (not "top a to
+#   top 2b"); `hn_mine` slices the raw search results and then removes positives, `bgekit` removes
+#   positives first and then slices.
 #   `bgekit.mine_hard_negatives` / `python -m bgekit.mine` take `hn_mine`'s arguments and JSONL.
-# - The top ranks hold unlabelled near-positives (false negatives). Starting the range later avoids many
-#   of them; a relative **margin** to the positive's score and a **cross-encoder** catch more. Watch the
+# - The top ranks hold unlabelled near-positives (false negatives). Estimate a range's false-negative rate
+#   by labelling a sample of its candidates before you train. Starting the range later avoids many
+#   of them; a relative **margin** to the positive's score and a **cross-encoder** catch more (its
+#   sigmoid score is in [0, 1] but is not a calibrated probability). Watch the
 #   report: rows padded, candidates dropped, and the score histograms.
 # - Always look at a few mined rows before training on them.
 #

