@@ -121,7 +121,7 @@ def test_cross_device_loss_and_gradients_equal_single_process_on_global_batch(tm
 def test_torchrun_cli_matches_single_process_on_global_batch(tmp_path, tiny):
     data = make_train_data(tmp_path / "train.jsonl", n=16, n_neg=3)
     rows = [json.loads(x) for x in data.read_text().splitlines()]
-    for i in range(0, 16, 3):  # shared positives, some of them across devices
+    for i in range(0, 15, 3):  # shared positives, some of them across devices
         rows[i + 1]["pos"] = rows[i]["pos"]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     common = ["--model_name_or_path", str(tiny), "--train_data", str(data), "--train_group_size", "3",
@@ -136,7 +136,9 @@ def test_torchrun_cli_matches_single_process_on_global_batch(tmp_path, tiny):
     assert len(dist) == 3
     # step 1: same weights, same global batch -> same loss; steps 2-3 also check the update was the same
     assert np.allclose(dist, single, atol=1e-5), (dist, single)
-    assert max_diff(weights_of(tmp_path / "dist"), weights_of(tmp_path / "single")) < 1e-5
+    # Adam turns the float32 round-off of near-zero gradients (summed in another order by the all-reduce) into
+    # differences of a few percent of one step (lr 1e-3); a different update would differ by whole steps
+    assert max_diff(weights_of(tmp_path / "dist"), weights_of(tmp_path / "single")) < 1e-4
     assert json.loads((tmp_path / "dist" / "bgekit.json").read_text())["pooling"] == "cls"
 
 

@@ -30,6 +30,29 @@ def _check_deepspeed(args: TrainingArguments) -> None:
         raise ImportError(DEEPSPEED_HINT)
 
 
+_RATIO_HELP = ("share of the steps with a linear warm-up (the transformers 4.x option FlagEmbedding's examples pass; "
+               "transformers 5 takes it as a fraction in --warmup_steps, which this sets)")
+
+
+def _warmup_ratio(args: TrainingArguments) -> list[str]:
+    r = args.warmup_ratio
+    if r is None or "warmup_ratio" in TrainingArguments.__dataclass_fields__:
+        return []
+    if not 0 <= r < 1:
+        return [f"warmup_ratio must be in [0, 1), got {r}"]
+    if r > 0:
+        args.warmup_steps = float(r)
+    return []
+
+
+def _cpu_under_torchrun(args: TrainingArguments) -> None:
+    """Under ``torchrun`` on a machine without a GPU, train on the CPUs with gloo (accelerate needs ``use_cpu``)."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not args.use_cpu:
+        args.use_cpu = True
+
+
 @dataclass
 class EmbedderTrainingArguments(TrainingArguments):
     """Arguments of :class:`bgekit.training.EmbedderTrainer` (``python -m bgekit.train --help`` lists all).
@@ -81,6 +104,7 @@ class EmbedderTrainingArguments(TrainingArguments):
                 "one of the query's own positives (two queries sharing an answer are not each other's negatives)"})
 
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep bgekit's batch columns"})
+    warmup_ratio: float | None = field(default=None, metadata={"help": _RATIO_HELP})
     logging_dir: str | None = field(default=None, metadata={
         "help": "TensorBoard log folder (the transformers 4.x option FlagEmbedding's examples pass; transformers 5 "
                 "reads TENSORBOARD_LOGGING_DIR, which this sets)"})
@@ -100,6 +124,7 @@ class EmbedderTrainingArguments(TrainingArguments):
             problems.append(f"max_example_num_per_dataset must be >= 1, got {self.max_example_num_per_dataset}")
         if self.fp16 and self.bf16:
             problems.append("choose one of fp16 and bf16")
+        problems += _warmup_ratio(self)
         if problems:
             raise ValueError("Invalid training arguments: " + "; ".join(problems))
         if self.ddp_find_unused_parameters is None:
@@ -107,6 +132,7 @@ class EmbedderTrainingArguments(TrainingArguments):
         if self.logging_dir and "logging_dir" not in TrainingArguments.__dataclass_fields__:
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.logging_dir)
         _check_deepspeed(self)
+        _cpu_under_torchrun(self)
         super().__post_init__()
 
     # FlagEmbedding's older spelling, kept as an alias
@@ -155,7 +181,7 @@ class RerankerTrainingArguments(TrainingArguments):
 
     learning_rate: float = field(default=6e-5, metadata={"help": "peak AdamW learning rate of the encoder"})
     num_train_epochs: float = field(default=2.0, metadata={"help": "passes over the queries"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warm-up"})
+    warmup_ratio: float | None = field(default=0.1, metadata={"help": _RATIO_HELP})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)"})
     logging_steps: float = field(default=1, metadata={"help": "log the loss every N steps"})
     save_strategy: str = field(default="no", metadata={"help": "checkpoints: 'no', 'steps' or 'epoch'"})
@@ -174,8 +200,7 @@ class RerankerTrainingArguments(TrainingArguments):
             problems.append(f"max_len must be >= 16, got {self.max_len}")
         if not self.num_train_epochs > 0 and self.max_steps <= 0:
             problems.append(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
-        if not 0 <= self.warmup_ratio <= 1:
-            problems.append(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        problems += _warmup_ratio(self)
         if self.hard_negatives not in ("dense", "bm25", "random"):
             problems.append(f"hard_negatives must be one of ('dense', 'bm25', 'random'), got {self.hard_negatives!r}")
         lo, hi = self.negative_range
@@ -191,4 +216,5 @@ class RerankerTrainingArguments(TrainingArguments):
             raise ValueError("Invalid reranker training arguments: " + "; ".join(problems))
         self.negative_range = (int(lo), int(hi))
         _check_deepspeed(self)
+        _cpu_under_torchrun(self)
         super().__post_init__()
