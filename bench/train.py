@@ -1,24 +1,24 @@
-"""Benchmark: bgekit's embedder trainer vs sentence-transformers' trainer with MultipleNegativesRankingLoss.
+"""Benchmark: bgekit's embedder trainer vs sentence-transformers' trainer, plain and cached InfoNCE.
 
     python bench/train.py                                  # bundled MiniLM, 64 course queries, batch 16, group 4
-    python bench/train.py --n 256 --batch 32 --group 8 --max-len 128 --repeats 3
+    python bench/train.py --n 256 --batch 32 --group 8 --max-len 128 --repeats 3 --mini-batch 16
     python bench/train.py --device cuda --fp16 --n 2048 --batch 64 --group 8   # on a GPU
 
-Both train the same model on the same query groups (1 positive + ``group - 1`` negatives each, as
-(anchor, positive, negative_1, ...) columns for sentence-transformers), with the same batch size,
-token length, learning rate, temperature (MNRL ``scale = 1 / temperature``), no warm-up, no weight
-decay, gradient clipping at 1.0, one epoch, last incomplete batch dropped. They run in the same
-process, alternating, ``--repeats`` times each; the timed part is training plus saving the model
-(model loading is excluded). Reported: query groups per second (best run of each) and the ratio.
+Two pairs, each in the same process, alternating, ``--repeats`` times:
 
-sentence-transformers' ``SentenceTransformerTrainer`` needs the ``datasets`` and ``accelerate``
-packages; where they are missing the benchmark uses its ``old_fit`` loop (the same loss and batches,
-plain PyTorch) and says so.
+- bgekit ``EmbedderTrainer`` (plain InfoNCE) vs ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss``;
+- bgekit with ``cached_mini_batch_size=M`` vs ``SentenceTransformerTrainer`` + ``CachedMultipleNegativesRankingLoss(
+  mini_batch_size=M)``.
+
+All four train the same model on the same query groups (1 positive + ``group - 1`` negatives each, as
+(anchor, positive, negative_1, ...) columns for sentence-transformers), with the same batch size,
+token length, learning rate, temperature (``scale = 1 / temperature``), no warm-up, no weight decay,
+gradient clipping at 1.0, one epoch, last incomplete batch dropped. Timed: training plus saving the
+model (model loading excluded). Reported: query groups per second (best run of each) and the ratios.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -29,16 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bgekit.models import offline_model_path  # noqa: E402
-from bgekit.training.embedder import TrainArgs, _Dist, _Trainer  # noqa: E402
+from bgekit.models import offline_model_path
+from bgekit.training.embedder import TrainArgs, build_embedder_trainer
 
-WORDS = ("plant water soil leaf root sun pot light seed grow green dry wet rot fungus gnat basil tomato "
-         "compost prune bloom shade frost mulch drain repot fertiliser aphid mildew cutting").split()
+WORDS = ["plant", "water", "soil", "leaf", "root", "sun", "pot", "light", "seed", "grow", "green", "dry", "wet", "rot", "fungus", "gnat", "basil", "tomato", "compost", "prune", "bloom", "shade", "frost", "mulch", "drain", "repot", "fertiliser", "aphid", "mildew", "cutting"]
 
 
 def make_groups(n: int, group: int, seed: int = 0) -> list[dict]:
@@ -67,22 +65,29 @@ def make_groups(n: int, group: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def run_bgekit(model: str, rows_file: Path, out: Path, a: argparse.Namespace) -> tuple[float, int]:
+def run_bgekit(model: str, rows_file: Path, out: Path, a: argparse.Namespace, cached: int) -> tuple[float, int]:
     args = TrainArgs(output_dir=str(out), model_name_or_path=model, train_data=str(rows_file),
                      learning_rate=a.lr, num_train_epochs=1, per_device_train_batch_size=a.batch,
                      dataloader_drop_last=True, temperature=a.temperature, query_max_len=a.max_len,
-                     passage_max_len=a.max_len, train_group_size=a.group, save_steps=0, logging_steps=10_000,
-                     fp16=a.fp16, device=a.device, show_progress=False, seed=0)
-    trainer = _Trainer(args, _Dist(a.device))  # model loading: not timed
+                     passage_max_len=a.max_len, train_group_size=a.group, save_strategy="no", logging_steps=10_000,
+                     fp16=a.fp16, use_cpu=a.device == "cpu", disable_tqdm=True, report_to="none", seed=0,
+                     max_grad_norm=1.0, weight_decay=0.0, warmup_ratio=0.0, cached_mini_batch_size=cached)
+    trainer = build_embedder_trainer(args)  # model loading: not timed
     sync()
     t0 = time.perf_counter()
     trainer.train()
+    trainer.save_model(str(out / "final"))
     sync()
-    return time.perf_counter() - t0, trainer.total_steps * a.batch
+    return time.perf_counter() - t0, trainer.state.global_step * a.batch
 
 
-def run_st(model: str, rows: list[dict], out: Path, a: argparse.Namespace) -> tuple[float, int, str]:
-    from sentence_transformers import SentenceTransformer
+def run_st(model: str, rows: list[dict], out: Path, a: argparse.Namespace, cached: int) -> tuple[float, int]:
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     try:
         from sentence_transformers.sentence_transformer import losses
     except ImportError:  # sentence-transformers < 5
@@ -90,40 +95,25 @@ def run_st(model: str, rows: list[dict], out: Path, a: argparse.Namespace) -> tu
 
     st = SentenceTransformer(model, device=a.device)
     st.max_seq_length = a.max_len
-    loss = losses.MultipleNegativesRankingLoss(st, scale=1.0 / a.temperature)
-    steps = len(rows) // a.batch
+    if cached:
+        loss = losses.CachedMultipleNegativesRankingLoss(st, scale=1.0 / a.temperature, mini_batch_size=cached)
+    else:
+        loss = losses.MultipleNegativesRankingLoss(st, scale=1.0 / a.temperature)
     cols = ["anchor", "positive"] + [f"negative_{i}" for i in range(1, a.group)]
     records = [[r["query"], r["pos"][0], *r["neg"][:a.group - 1]] for r in rows]
-    use_trainer = all(importlib.util.find_spec(m) for m in ("datasets", "accelerate"))
-    if use_trainer:
-        from datasets import Dataset
-        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-
-        ds = Dataset.from_dict({c: [rec[i] for rec in records] for i, c in enumerate(cols)})
-        targs = SentenceTransformerTrainingArguments(
-            output_dir=str(out / "st-trainer"), num_train_epochs=1, per_device_train_batch_size=a.batch,
-            learning_rate=a.lr, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, fp16=a.fp16,
-            dataloader_drop_last=True, save_strategy="no", report_to="none", logging_steps=10_000, seed=0,
-            use_cpu=a.device == "cpu", disable_tqdm=True)
-        trainer = SentenceTransformerTrainer(model=st, args=targs, train_dataset=ds, loss=loss)
-        sync()
-        t0 = time.perf_counter()
-        trainer.train()
-        st.save(str(out / "st"))
-        sync()
-        return time.perf_counter() - t0, steps * a.batch, "SentenceTransformerTrainer"
-    from sentence_transformers import InputExample
-    from torch.utils.data import DataLoader
-
-    examples = [InputExample(texts=rec) for rec in records]
-    dl = DataLoader(examples, shuffle=True, batch_size=a.batch, drop_last=True)
+    ds = Dataset.from_dict({c: [rec[i] for rec in records] for i, c in enumerate(cols)})
+    targs = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "st-trainer"), num_train_epochs=1, per_device_train_batch_size=a.batch,
+        learning_rate=a.lr, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, fp16=a.fp16,
+        dataloader_drop_last=True, save_strategy="no", report_to="none", logging_steps=10_000, seed=0,
+        use_cpu=a.device == "cpu", disable_tqdm=True)
+    trainer = SentenceTransformerTrainer(model=st, args=targs, train_dataset=ds, loss=loss)
     sync()
     t0 = time.perf_counter()
-    st.old_fit(train_objectives=[(dl, loss)], epochs=1, warmup_steps=0, optimizer_params={"lr": a.lr},
-               weight_decay=0.0, max_grad_norm=1.0, use_amp=a.fp16, show_progress_bar=False)
+    trainer.train()
     st.save(str(out / "st"))
     sync()
-    return time.perf_counter() - t0, steps * a.batch, "old_fit (datasets/accelerate not installed)"
+    return time.perf_counter() - t0, trainer.state.global_step * a.batch
 
 
 def sync() -> None:
@@ -140,6 +130,8 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=64, dest="max_len", help="token length of queries and passages")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--mini-batch", type=int, default=8, dest="mini_batch",
+                   help="chunk size of the cached losses (cached_mini_batch_size / mini_batch_size)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--fp16", action="store_true")
@@ -157,21 +149,25 @@ def main() -> None:
     print(f"model {shown} | device {a.device}"
           f"{' fp16' if a.fp16 else ''} | torch threads {torch.get_num_threads()} | {a.n} query groups, "
           f"batch {a.batch}, group {a.group}, max_len {a.max_len}, 1 epoch")
-    ours, theirs, st_kind = [], [], ""
+    speed: dict[str, list[float]] = {k: [] for k in ("bgekit", "st", "bgekit cached", "st cached")}
     try:
         for r in range(a.repeats):
-            t, n = run_bgekit(model, rows_file, tmp / f"ours{r}", a)
-            ours.append(n / t)
-            t2, n2, st_kind = run_st(model, rows, tmp / f"st{r}", a)
-            theirs.append(n2 / t2)
-            print(f"  round {r + 1}: bgekit {ours[-1]:7.2f} groups/s | sentence-transformers {theirs[-1]:7.2f} groups/s")
+            for cached in (0, a.mini_batch):
+                tag = " cached" if cached else ""
+                t, n = run_bgekit(model, rows_file, tmp / f"ours{r}{tag}", a, cached)
+                speed["bgekit" + tag].append(n / t)
+                t2, n2 = run_st(model, rows, tmp / f"st{r}{tag}", a, cached)
+                speed["st" + tag].append(n2 / t2)
+            print(f"  round {r + 1}: " + " | ".join(f"{k} {v[-1]:7.2f}" for k, v in speed.items()) + " groups/s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    best_ours, best_st = max(ours), max(theirs)
-    print(f"sentence-transformers via {st_kind}, MultipleNegativesRankingLoss(scale={1 / a.temperature:g})")
-    print(f"bgekit train_embedder : {best_ours:8.2f} query groups/s (best of {a.repeats})")
-    print(f"sentence-transformers : {best_st:8.2f} query groups/s (best of {a.repeats})")
-    print(f"ratio bgekit / ST     : {best_ours / best_st:8.2f}x")
+    best = {k: max(v) for k, v in speed.items()}
+    print(f"sentence-transformers: SentenceTransformerTrainer, scale={1 / a.temperature:g}, cached "
+          f"mini_batch_size={a.mini_batch}")
+    for k, v in best.items():
+        print(f"{k:14s}: {v:8.2f} query groups/s (best of {a.repeats})")
+    print(f"ratio bgekit / ST (MultipleNegativesRankingLoss)       : {best['bgekit'] / best['st']:6.2f}x")
+    print(f"ratio bgekit cached / ST (CachedMultipleNegativesRanking): {best['bgekit cached'] / best['st cached']:6.2f}x")
 
 
 if __name__ == "__main__":

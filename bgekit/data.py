@@ -40,6 +40,7 @@ __all__ = [
     "load_beir",
     "load_training_jsonl",
     "save_beir",
+    "validate_training_row",
     "write_jsonl",
     "write_training_jsonl",
 ]
@@ -286,19 +287,51 @@ def _is_str_list(val: Any) -> bool:
     return isinstance(val, list) and all(isinstance(x, str) for x in val)
 
 
-def _check_training_row(row: Any, where: str) -> None:
-    if not isinstance(row, dict):
+def validate_training_row(row: Any, where: str) -> dict:
+    """Check one FlagEmbedding training row ``{"query": str, "pos": [str, ...], "neg": [str, ...]}``.
+
+    THE row check of bgekit: :func:`load_training_jsonl`, :func:`write_training_jsonl`, the miner
+    (:mod:`bgekit.mining`) and the trainers (:mod:`bgekit.training`) all call it, so a row is
+    accepted or refused the same way everywhere. ``query`` must be a non-blank string, ``pos`` a
+    non-empty list of non-blank strings, ``neg`` (optional) a list of non-blank strings; other keys
+    (``pos_scores``, ``prompt``, ...) pass through.
+
+    Args:
+        row: one parsed JSON line.
+        where: where it came from, put in front of the error (``"train.jsonl:12"``, ``"rows[3]"``).
+
+    Returns:
+        the row itself (a ``dict``).
+
+    Raises:
+        ValueError: ``"<where>: <what is wrong>"``.
+
+    >>> validate_training_row({"query": "q", "pos": ["p"], "neg": []}, "rows[0]")["query"]
+    'q'
+    >>> validate_training_row({"query": "q", "pos": []}, "t.jsonl:3")
+    Traceback (most recent call last):
+    ...
+    ValueError: t.jsonl:3: 'pos' must be a non-empty list of strings, got []
+    """
+    if not isinstance(row, Mapping):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if "query" not in row:
         raise ValueError(f"{where}: missing key 'query'")
     if not isinstance(row["query"], str):
         raise ValueError(f"{where}: 'query' must be a string, got {type(row['query']).__name__}")
+    if not row["query"].strip():
+        raise ValueError(f"{where}: 'query' is blank (it must be a non-empty string)")
     if "pos" not in row:
-        raise ValueError(f"{where}: missing key 'pos'")
+        raise ValueError(f"{where}: missing key 'pos' (a row needs at least one positive passage)")
     if not _is_str_list(row["pos"]) or not row["pos"]:
         raise ValueError(f"{where}: 'pos' must be a non-empty list of strings, got {json.dumps(row['pos'])[:60]}")
     if "neg" in row and not _is_str_list(row["neg"]):
         raise ValueError(f"{where}: 'neg' must be a list of strings, got {json.dumps(row['neg'])[:60]}")
+    for key in ("pos", "neg"):
+        for i, text in enumerate(row.get(key) or []):
+            if not text.strip():
+                raise ValueError(f"{where}: {key}[{i}] is blank (passages must be non-empty strings)")
+    return row if isinstance(row, dict) else dict(row)
 
 
 def load_training_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -312,7 +345,7 @@ def load_training_jsonl(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     rows = []
     for lineno, obj in read_jsonl(path):
-        _check_training_row(obj, f"{path}:{lineno}")
+        validate_training_row(obj, f"{path}:{lineno}")
         rows.append(obj)
     return rows
 
@@ -329,5 +362,5 @@ def write_training_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, An
     """Check rows against the training format (see :func:`load_training_jsonl`) and write them atomically."""
     rows = [dict(r) for r in rows]
     for i, row in enumerate(rows):
-        _check_training_row(row, f"rows[{i}]")
+        validate_training_row(row, f"rows[{i}]")
     write_jsonl(path, rows)

@@ -54,6 +54,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ._io import atomic_write_jsonl, read_jsonl
+from .data import validate_training_row
 
 logger = logging.getLogger(__name__)
 
@@ -104,38 +105,16 @@ def parse_range(value: str | Sequence[int], name: str = "range_for_sampling") ->
 
 
 # ---------------------------------------------------------------------------------------- input
-def _check_row(row: Any, where: str) -> dict:
-    if not isinstance(row, Mapping):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if "query" not in row:
-        raise ValueError(f"{where}: missing key 'query'")
-    q = row["query"]
-    if not isinstance(q, str) or not q.strip():
-        raise ValueError(f"{where}: 'query' must be a non-empty string, got {q!r:.60}")
-    if "pos" not in row:
-        raise ValueError(f"{where}: missing key 'pos' (a row needs at least one positive passage)")
-    pos = row["pos"]
-    if not isinstance(pos, list) or not pos:
-        raise ValueError(f"{where}: 'pos' must be a non-empty list of strings, got {pos!r:.60}")
-    for key in ("pos", "neg"):
-        for i, t in enumerate(row.get(key) or []):
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"{where}: {key}[{i}] must be a non-empty string, got {t!r:.60}")
-    if "neg" in row and not isinstance(row["neg"], list):
-        raise ValueError(f"{where}: 'neg' must be a list of strings, got {type(row['neg']).__name__}")
-    return dict(row)
-
-
 def _load_rows(source: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
     """Training rows from a JSONL path (errors ``path:line: ...``) or a list of dicts (``rows[i]: ...``)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"input_file not found: {path}")
-        rows = [_check_row(obj, f"{path}:{lineno}") for lineno, obj in read_jsonl(path)]
+        rows = [dict(validate_training_row(obj, f"{path}:{lineno}")) for lineno, obj in read_jsonl(path)]
         where = str(path)
     else:
-        rows = [_check_row(obj, f"rows[{i}]") for i, obj in enumerate(source)]
+        rows = [dict(validate_training_row(obj, f"rows[{i}]")) for i, obj in enumerate(source)]
         where = "the input rows"
     if not rows:
         raise ValueError(f"{where}: no training rows")

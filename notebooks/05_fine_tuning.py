@@ -30,8 +30,8 @@
 # **What you will learn**
 # - the contrastive objective (InfoNCE) behind BGE: positives, hard negatives, in-batch negatives,
 #   and what the *temperature* does;
-# - how to fine-tune with `bgekit.training.train_embedder` / `python -m bgekit.train`, which take
-#   FlagEmbedding's arguments and data format, and how to read the loss curve;
+# - how to fine-tune with `bgekit.training.train_embedder` / `python -m bgekit.train`, a `transformers.Trainer`
+#   that takes FlagEmbedding's arguments and data format, and how to read the loss curve;
 # - how to prove the gain on a test split (nDCG@10, recall@10, MRR@10), before vs after;
 # - model merging (LM-Cocktail style): a weighted average of weights, and the in-domain vs general
 #   trade-off it controls;
@@ -92,7 +92,7 @@ from bgekit.merging import merge_models
 from bgekit.metrics import evaluate
 from bgekit.retrieval import DenseRetriever
 from bgekit.training import TrainArgs, train_embedder
-from bgekit.training.embedder import info_nce_loss
+from bgekit.training.losses import info_nce_loss
 
 pd.set_option("display.max_colwidth", 100)
 WORK = cfg.work_dir
@@ -116,6 +116,13 @@ print("base model:", NAME, "| work dir:", WORK)
 # the other queries come for free as extra negatives (**in-batch negatives**). With several GPUs,
 # `negatives_cross_device` gathers the passages of all GPUs, so each query competes against the whole
 # global batch: more negatives for the same memory.
+#
+# **Gradient accumulation adds no in-batch negatives.** `--gradient_accumulation_steps 4` with a batch of
+# 16 takes optimizer steps as large as a batch of 64, but each softmax still sees only the 16 queries'
+# passages of its micro-batch. To really score every query against the passages of 64 queries on one
+# GPU, use the *cached* loss (`--cached_mini_batch_size 16`, GradCache): it embeds the batch of 64 in
+# chunks of 16, computes the exact loss over all of it, then backpropagates chunk by chunk, so memory
+# follows the chunk while the negatives follow the batch. Loss and gradients are those of the full batch.
 #
 # The **temperature** $\tau$ sets how sharp the softmax is. Cosines live in $[-1, 1]$; divided by
 # $\tau = 0.02$ a gap of 0.1 between the positive and a negative becomes a factor of $e^{5} \approx 148$ in
@@ -206,7 +213,8 @@ if not mined.exists():
     print(f"{mined.name} not found: mining it now (what notebook 04 does)")
     print(mine_course_train_split(cfg.embedder, mined))
 rows = [json.loads(line) for line in mined.read_text(encoding="utf-8").splitlines() if line.strip()]
-print(f"{len(rows)} training queries, {np.mean([len(r['neg']) for r in rows]):.1f} negatives each")
+n_neg = [len(r["neg"]) for r in rows]
+print(f"{len(rows)} training queries, {np.mean(n_neg):.1f} negatives each (fewest {min(n_neg)})")
 ex = next((r for r in rows if r["neg"]), rows[0])
 print("query   :", ex["query"])
 print("positive:", ex["pos"][0][:150], "...")
@@ -216,7 +224,9 @@ print("hard neg:", ex["neg"][0][:150] + " ..." if ex["neg"] else "(none mined fo
 # On two CPU cores (small mode) we train on a random subset of the queries with short passages
 # (the first 64 tokens: titles and first sentences carry most of the signal) and groups of 3 passages
 # (1 positive + 2 hard negatives). On a GPU, full mode takes every query, longer passages and bigger
-# groups.
+# groups. Mining with a margin can leave a row with fewer negatives than the group needs: the trainer
+# keeps such rows and draws the missing negatives at random from the other passages of the file (or from
+# `corpus=` when given), and logs how many rows it topped up.
 
 # %%
 if cfg.small:
@@ -290,13 +300,17 @@ print(f"base model: nDCG@10 = {results['base']['ndcg@10']:.4f}  ({time.time() - 
 # %% [markdown]
 # ## 4 · Fine-tune
 #
-# `train_embedder` takes FlagEmbedding's argument names with the same meanings
-# (`train_group_size`, `temperature`, `query_max_len`, `passage_max_len`, `normlized`,
-# `query_instruction_for_retrieval`, ...). It reads and checks the whole training file before it
-# loads the model (a bad line fails at once, naming file and line), then runs AdamW with a linear
-# warm-up and decay, and saves a plain Hugging Face folder plus the pooling and query-instruction
-# metadata, so `bgekit.Encoder`, `transformers` and sentence-transformers all load it the same way.
-# The pooling (mean for MiniLM, CLS for BGE) comes from the model registry.
+# `train_embedder` is a `transformers.Trainer` (`bgekit.training.EmbedderTrainer`) whose `compute_loss`
+# is the InfoNCE above; `TrainArgs` *is* a `TrainingArguments`, so every standard option works
+# (`lr_scheduler_type`, `report_to`, `gradient_checkpointing`, `deepspeed`, ...), next to FlagEmbedding's
+# names with the same meanings (`train_group_size`, `temperature`, `query_max_len`, `passage_max_len`,
+# `normalize_embeddings` alias `normlized`, `query_instruction_for_retrieval`, ...). It reads and checks
+# the whole training file before it loads the model (a bad line fails at once, naming file and line),
+# and saves a plain Hugging Face folder plus the pooling and query-instruction metadata, so
+# `bgekit.Encoder`, `transformers` and sentence-transformers all load it the same way. The pooling
+# (mean for MiniLM, CLS for BGE) comes from the model registry. Two queries that share an answer are
+# not each other's negatives: a passage with the text of one of the query's own positives is left out
+# of its softmax.
 
 # %%
 ft_dir = WORK / "05_finetuned"
@@ -318,8 +332,9 @@ args = TrainArgs(
     warmup_ratio=0.1,
     fp16=cfg.device == "cuda",
     gradient_checkpointing=not cfg.small,
-    logging_steps=4,
-    save_steps=0,          # no checkpoints for this short run (see section 7 for resuming)
+    logging_steps=1,       # a loss per step in trainer_state.json's log_history, for the curve
+    save_strategy="no",    # no checkpoints for this short run (see section 7 for resuming)
+    report_to="none",      # or "tensorboard" where it is installed
     seed=0,
 )
 t0 = time.time()
@@ -328,7 +343,7 @@ print(f"trained in {time.time() - t0:.0f}s ->", ft_dir)
 print(sorted(p.name for p in ft_dir.iterdir()))
 
 # %% [markdown]
-# The loss history is saved with the model (`loss_history.json`, one record per optimizer step). For
+# The Trainer's log (`log_history`) is saved with the model in `trainer_state.json`. For
 # scale: a model that knew nothing would spread its softmax evenly over the $\text{batch} \times
 # \text{group}$ passages and score $\log(\text{batch} \times \text{group})$; a good base model starts far
 # below that. In one pass over the data every step sees queries the model has not been trained on yet,
@@ -336,7 +351,8 @@ print(sorted(p.name for p in ft_dir.iterdir()))
 # trend, and at the test set in the next section for the real verdict.
 
 # %%
-hist = pd.DataFrame(json.loads((ft_dir / "loss_history.json").read_text()))
+log_history = json.loads((ft_dir / "trainer_state.json").read_text())["log_history"]
+hist = pd.DataFrame([h for h in log_history if "loss" in h])
 fig, ax = plt.subplots(figsize=(6, 3.2))
 ax.plot(hist["step"], hist["loss"], marker="o", ms=3, alpha=0.5, label="loss per step")
 ax.plot(hist["step"], hist["loss"].rolling(4, min_periods=1).mean(), lw=2, label="moving average (4)")
@@ -521,25 +537,29 @@ print("the general score is highest at w =", best_w, "| it falls from w = 0 to w
 #   --negatives_cross_device --dataloader_drop_last
 # ```
 #
+# The blog's FlagEmbedding command (`torchrun ... -m FlagEmbedding.baai_general_embedding.finetune.run
+# --normlized True --negatives_cross_device ...`) runs unchanged with `-m bgekit.train`, and
+# `--deepspeed ds_config.json` passes through to the Trainer (install `deepspeed` first).
+#
 # **Interrupted?** Every `--save_steps` steps a `checkpoint-<step>/` folder holds the model, optimizer,
-# scheduler, data position and random-number states. `--resume_from_checkpoint latest` continues from
+# scheduler, data position and random-number states (the Trainer's checkpoints). `--resume_from_checkpoint latest` continues from
 # the newest one and ends with the same weights as a run that was never interrupted. Then merge and
 # load as above: `merge_models(["bge-large-plants", "BAAI/bge-large-en-v1.5"], [0.5, 0.5], "merged")`,
 # `bgekit.Encoder("merged")`.
 #
-# The command line is built from the same `TrainArgs`, so it is what `train_embedder(args)` ran here:
+# The command line parses into the same `TrainArgs`, so it is what `train_embedder(args)` ran here:
 
 # %%
-from bgekit.train import build_parser
+from bgekit.train import parse_args
 
-parser = build_parser()
 flags = ["--output_dir", "bge-large-plants", "--model_name_or_path", "BAAI/bge-large-en-v1.5",
          "--train_data", "_work/train_mined.jsonl", "--fp16", "--negatives_cross_device", "--train_group_size", "8",
          "--temperature", "0.02", "--query_instruction_for_retrieval",
          "Represent this sentence for searching relevant passages: "]
-gpu_args = TrainArgs(**vars(parser.parse_args(flags)))
+gpu_args = parse_args(flags)
 print({k: getattr(gpu_args, k) for k in ["model_name_or_path", "fp16", "negatives_cross_device", "train_group_size",
-                                          "temperature", "normlized", "query_instruction_for_retrieval"]})
+                                          "temperature", "normalize_embeddings", "query_instruction_for_retrieval",
+                                          "lr_scheduler_type"]})
 
 # %% [markdown]
 # ## Exercise: in-batch negatives by hand
@@ -614,8 +634,9 @@ with check("in-batch negatives by hand"):
 #   win against its hard negatives *and* every other passage in the (global) batch. A low temperature
 #   focuses training on the hardest negatives (BAAI trained BGE with 0.01 per the C-Pack paper;
 #   FlagEmbedding's fine-tuning example uses 0.02).
-# - `train_embedder(TrainArgs(...))` / `python -m bgekit.train` take FlagEmbedding's arguments and
-#   JSONL, check the data before training, and save a plain HF folder that `Encoder`, `transformers`
+# - `train_embedder(TrainArgs(...))` / `python -m bgekit.train` (a `transformers.Trainer`) take
+#   FlagEmbedding's arguments and JSONL, check the data before training, and save a plain HF folder that `Encoder`,
+#   `transformers`
 #   and sentence-transformers load with the right pooling and instruction. `torchrun` +
 #   `--negatives_cross_device` shares negatives across GPUs; checkpoints + `--resume_from_checkpoint`
 #   make interrupted runs end exactly where uninterrupted ones do.

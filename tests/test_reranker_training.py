@@ -47,7 +47,7 @@ QRELS = {"q1": {"d1": 2, "d7": 1}, "q2": {"d2": 2}, "q3": {"d3": 2}, "q4": {"d4"
          "q6": {"d5": 2}, "q7": {"d12": 2}, "q8": {"d11": 2}}
 
 FAST = dict(train_group_size=4, per_device_train_batch_size=4, max_len=64, learning_rate=1e-4,
-            warmup_ratio=0.0, show_progress=False, seed=7)
+            warmup_ratio=0.0, disable_tqdm=True, use_cpu=True, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +89,31 @@ def test_examples_exclude_judged_documents(beir_dir):
     assert sum(len(e.neg) for e in examples) > 0
 
 
+def test_is_a_trainer_and_logs_through_it():
+    from transformers import Trainer, TrainingArguments
+
+    from bgekit.training.reranker import RerankerTrainer
+
+    assert issubclass(RerankerTrainer, Trainer) and "compute_loss" in RerankerTrainer.__dict__
+    assert isinstance(RerankerTrainArgs(output_dir="x"), TrainingArguments)
+
+
+def test_a_negative_never_holds_a_positive():
+    import random
+
+    from bgekit.training.data import RerankerExample, make_reranker_group
+
+    ex = RerankerExample("q", ["answer", "other answer"], ["answer", "n1", "other answer", "n2"])
+    pool = ["answer", "other answer", "r1", "r2", "r3"]
+    for seed in range(30):
+        group = make_reranker_group(ex, 4, pool, random.Random(seed))
+        assert group[0] in ex.pos and not set(group[1:]) & set(ex.pos) and len(set(group)) == 4
+
+
 def test_loss_decreases_and_history_kept(trained):
     assert trained.n_steps == len(trained.losses) == 16  # 8 queries / 4 per step x 8 epochs
+    state = json.loads((trained.output_dir / "trainer_state.json").read_text())
+    assert [h["loss"] for h in state["log_history"] if "loss" in h] == pytest.approx(trained.losses)
     first, last = sum(trained.losses[:3]) / 3, sum(trained.losses[-3:]) / 3
     assert first > 1.0  # about log(4) with an untrained head
     assert last < 0.6 * first
@@ -228,7 +251,7 @@ def test_freeze_layers_keeps_the_lowest_layers(tmp_path, beir_dir, minilm_path):
     res = train_reranker(output_dir=str(tmp_path / "rr"), data_dir=str(beir_dir), hard_negatives="random",
                          num_train_epochs=1, freeze_layers=2, **FAST)
     before, after = load_file(f"{minilm_path}/model.safetensors"), load_file(f"{res.output_dir}/model.safetensors")
-    strip = lambda k: k.removeprefix("bert.")  # noqa: E731 - the classifier checkpoint nests the encoder
+    strip = lambda k: k.removeprefix("bert.")
 
     def same(prefix):
         keys = [k for k in after if strip(k).startswith(prefix)]

@@ -1,4 +1,9 @@
-"""Fine-tuning: the embedder (contrastive InfoNCE) and the course's cross-encoder reranker.
+"""Fine-tuning on ``transformers.Trainer``: the embedder (InfoNCE) and the course's cross-encoder reranker.
+
+- :mod:`~bgekit.training.arguments`: ``TrainingArguments`` subclasses with FlagEmbedding's names;
+- :mod:`~bgekit.training.data`: FlagEmbedding JSONL, query groups, collators;
+- :mod:`~bgekit.training.losses`: InfoNCE (in-batch, cross-device, cached), the reranker's group loss;
+- :mod:`~bgekit.training.embedder` / :mod:`~bgekit.training.reranker`: the two ``Trainer`` subclasses.
 
 >>> from bgekit.training import train_embedder, train_reranker  # doctest: +SKIP
 """
@@ -8,10 +13,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "TrainArgs": "embedder", "train_embedder": "embedder",
-    "RerankerTrainArgs": "reranker", "train_reranker": "reranker",
+    "TrainArgs": "embedder", "EmbedderTrainingArguments": "arguments", "EmbedderTrainer": "embedder",
+    "train_embedder": "embedder", "TrainingOutOfMemory": "embedder",
+    "RerankerTrainArgs": "reranker", "RerankerTrainingArguments": "arguments", "RerankerTrainer": "reranker",
+    "train_reranker": "reranker", "info_nce_loss": "losses", "contrastive_loss": "losses",
+    "group_loss": "losses", "load_train_examples": "data",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["EmbedderTrainer", "EmbedderTrainingArguments", "RerankerTrainArgs", "RerankerTrainer",
+           "RerankerTrainingArguments", "TrainArgs", "TrainingOutOfMemory", "contrastive_loss", "group_loss",
+           "info_nce_loss", "load_train_examples", "train_embedder", "train_reranker"]
 
 
 def __getattr__(name: str) -> Any:
