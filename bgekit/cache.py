@@ -63,6 +63,8 @@ def corpus_key(encoder: Any, texts: Sequence[str], **settings: Any) -> str:
     h = hashlib.sha256(model_fingerprint(encoder.model, encoder.tokenizer).encode())
     fixed = dict(pooling=encoder.pooling, normalize=encoder.normalize, max_length=encoder.max_length,
                  dtype=str(encoder.dtype))
+    if getattr(encoder, "backend", "torch") != "torch":  # onnx/openvino (int8) vectors differ from torch's
+        fixed.update(backend=encoder.backend, quantize=getattr(encoder, "quantize", None))
     fixed.update({k: v for k, v in settings.items() if v is not None})
     h.update(repr(sorted(fixed.items())).encode())
     for t in texts:
