@@ -65,6 +65,8 @@ def corpus_key(encoder: Any, texts: Sequence[str], **settings: Any) -> str:
                  dtype=str(encoder.dtype))
     if getattr(encoder, "truncate_dim", None) is not None:  # only when set: keys of untruncated encoders unchanged
         fixed["truncate_dim"] = encoder.truncate_dim
+    if getattr(encoder, "backend", "torch") != "torch":  # onnx/openvino (int8) vectors differ from torch's
+        fixed.update(backend=encoder.backend, quantize=getattr(encoder, "quantize", None))
     fixed.update({k: v for k, v in settings.items() if v is not None})
     h.update(repr(sorted(fixed.items())).encode())
     for t in texts:

@@ -84,14 +84,39 @@ class Encoder:
             normalise), as sentence-transformers' ``truncate_dim``. Smaller vectors, lower quality:
             BGE v1.5 was not trained for truncation (no Matryoshka loss), so measure the cost on
             your data (notebook 07 does). ``None`` keeps all ``hidden_size`` dimensions.
+        backend: ``"torch"`` (default), ``"onnx"`` (ONNX Runtime) or ``"openvino"``: the same model
+            exported once and cached (:mod:`bgekit.backends`); the non-torch backends run on the CPU in fp32.
+        quantize: ``None`` or ``"int8"`` (onnx/openvino only): post-training int8 weights (see
+            :mod:`bgekit.backends` for which quantization and what it costs in quality).
+        cache_dir: where exported models are kept (``None``: :func:`bgekit.backends.default_cache_dir`).
+        calibration_texts: texts for OpenVINO's static int8 calibration (``None``: course passages).
+
+    Raises:
+        ValueError: unknown backend/quantize/dtype/pooling, or a GPU device or half dtype with a
+            non-torch backend. ImportError: the backend is not installed (names the pip extra).
     """
 
     def __init__(self, model_name_or_path: str | os.PathLike | None = None, *, device: str | None = None,
                  pooling: str | None = None, normalize: bool | None = None, max_length: int | None = None,
                  query_instruction: str | None = None, dtype: str | torch.dtype | None = None,
                  batch_size: int = 64, show_progress: bool | None = None, mode: str | None = None,
-                 truncate_dim: int | None = None) -> None:
+                 truncate_dim: int | None = None, backend: str = "torch", quantize: str | None = None,
+                 cache_dir: str | os.PathLike | None = None,
+                 calibration_texts: Sequence[str] | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
+
+        from . import backends
+
+        backend, quantize = backends.check_backend(backend, quantize)
+        backends.require_backend(backend, quantize)
+        if backend != "torch":
+            if device is not None and torch.device(device).type != "cpu":
+                raise ValueError(f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}")
+            if dtype is not None and _DTYPES.get(dtype, dtype) is not torch.float32:
+                raise ValueError(f"backend={backend!r} exports the fp32 model (quantize='int8' for int8); "
+                                 f"dtype={dtype!r} is for backend='torch'")
+            device = "cpu"
+        self.backend, self.quantize = backend, quantize
 
         name = str(model_name_or_path) if model_name_or_path is not None else default_embedder(mode)
         spec = models.get_spec(name)
@@ -125,9 +150,15 @@ class Encoder:
             self.truncate_dim = self.dim = int(truncate_dim)
         model_max = getattr(self.model.config, "max_position_embeddings", 512) or 512
         self.max_length = min(int(spec.max_length), int(model_max))
-        logger.info("Encoder %s on %s (%s): %s pooling, normalize=%s, max_length=%d, query instruction %r",
+        self._runner = None
+        if backend != "torch":
+            self._runner = backends.load_exported(self.model, self.tokenizer, backend, quantize, output="last_hidden_state",
+                                                  cache_dir=cache_dir, calibration_texts=calibration_texts,
+                                                  max_length=self.max_length)
+        logger.info("Encoder %s on %s (%s, backend %s): %s pooling, normalize=%s, max_length=%d, query instruction %r",
                     models.display_name(name), self.device,
-                    str(dtype).replace("torch.", ""), spec.pooling, spec.normalize, self.max_length,
+                    str(dtype).replace("torch.", "") if quantize is None else quantize, backend, spec.pooling,
+                    spec.normalize, self.max_length,
                     spec.query_instruction)
 
     # convenient read-only views of the spec
@@ -144,8 +175,9 @@ class Encoder:
         return self.spec.query_instruction
 
     def __repr__(self) -> str:
+        extra = "" if self.backend == "torch" else f", backend={self.backend!r}, quantize={self.quantize!r}"
         return (f"Encoder({self.name!r}, device={str(self.device)!r}, pooling={self.pooling!r}, "
-                f"dim={self.dim}, max_length={self.max_length})")
+                f"dim={self.dim}, max_length={self.max_length}{extra})")
 
     # -- tokenisation -------------------------------------------------------------------------
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[list[dict[str, list[int]]], int]:
@@ -165,8 +197,11 @@ class Encoder:
     # -- encoding -----------------------------------------------------------------------------
     @torch.inference_mode()
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(**model_inputs(batch), return_dict=True)
-        emb = pool(out.last_hidden_state, batch["attention_mask"], self.pooling).float()
+        if self._runner is not None:  # onnx / openvino: same batches, same pooling and normalisation
+            hidden = self._runner(batch)
+        else:
+            hidden = self.model(**model_inputs(batch), return_dict=True).last_hidden_state
+        emb = pool(hidden, batch["attention_mask"], self.pooling).float()
         return emb
 
     def encode(self, texts: Sequence[str], *, batch_size: int | None = None, max_length: int | None = None,

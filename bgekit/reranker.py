@@ -173,6 +173,10 @@ class Reranker:
         batch_size: pairs per forward pass (halved automatically on CUDA out-of-memory).
         max_query_length: tokens a long query may keep when the pair does not fit (``None``: ``max_length // 4``).
         show_progress: progress bar (``None``: only for at least 512 pairs).
+        backend: ``"torch"`` (default), ``"onnx"`` or ``"openvino"`` (the model exported once and cached,
+            see :mod:`bgekit.backends`; CPU, fp32). quantize: ``None`` or ``"int8"`` (onnx/openvino only).
+        cache_dir: where exported models are kept; calibration_texts: OpenVINO int8 calibration texts
+            (``None``: course passages).
 
     >>> rr = Reranker("_work/reranker", device="cpu")                  # doctest: +SKIP
     >>> rr.compute_score([("how do I water a cactus", "Water cacti when the soil is dry.")])  # doctest: +SKIP
@@ -182,8 +186,22 @@ class Reranker:
     def __init__(self, model_name_or_path: str | os.PathLike | None = None, device: str | None = None,
                  max_length: int | None = None, dtype: str | torch.dtype | None = None, batch_size: int = 32, *,
                  max_query_length: int | None = None, show_progress: bool | None = None,
-                 mode: str | None = None) -> None:
+                 mode: str | None = None, backend: str = "torch", quantize: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, calibration_texts: Sequence[str] | None = None) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from . import backends
+
+        backend, quantize = backends.check_backend(backend, quantize)
+        backends.require_backend(backend, quantize)
+        if backend != "torch":
+            if device is not None and torch.device(device).type != "cpu":
+                raise ValueError(f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}")
+            if dtype is not None and _DTYPES.get(dtype, dtype) is not torch.float32:
+                raise ValueError(f"backend={backend!r} exports the fp32 model (quantize='int8' for int8); "
+                                 f"dtype={dtype!r} is for backend='torch'")
+            device = "cpu"
+        self.backend, self.quantize = backend, quantize
 
         name = os.fspath(model_name_or_path) if model_name_or_path is not None else default_reranker(mode)
         name = str(name)
@@ -227,6 +245,11 @@ class Reranker:
         self.model_max_length = model_max
         self.max_length = min(int(max_length or default_max), model_max)
         self.max_query_length = max_query_length
+        self._runner = None
+        if backend != "torch":
+            self._runner = backends.load_exported(self.model, self.tokenizer, backend, quantize, output="logits",
+                                                  cache_dir=cache_dir, calibration_texts=calibration_texts,
+                                                  max_length=self.max_length)
         logger.info("Reranker %s on %s (%s), max_length=%d",
                     os.path.basename(name.rstrip("/")) if os.path.isdir(name) else name, self.device,
                     str(dtype).replace("torch.", ""), self.max_length)
@@ -236,6 +259,8 @@ class Reranker:
 
     @torch.inference_mode()
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self._runner is not None:  # onnx / openvino
+            return self._runner(batch)[:, 0].float()
         return self.model(**model_inputs(batch), return_dict=True).logits[:, 0].float()
 
     def compute_score(self, pairs: Sequence[Pair] | Pair, normalize: bool = False, batch_size: int | None = None,
