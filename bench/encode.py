@@ -42,10 +42,9 @@ def timed(fn) -> tuple[float, np.ndarray]:
 
 
 def bert_large_folder(pooling: str = "cls") -> str:
-    from transformers import BertConfig, BertModel
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     from bgekit.models import ModelSpec, offline_model_path, save_model_metadata
-    from transformers import AutoTokenizer
 
     cfg = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                      max_position_embeddings=512, vocab_size=30522)

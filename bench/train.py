@@ -58,7 +58,7 @@ def make_groups(n: int, group: int, seed: int = 0) -> list[dict]:
     except (FileNotFoundError, ValueError):
         pass
     rows = []
-    for i in range(n):
+    for _i in range(n):
         q = " ".join(rng.choices(WORDS, k=8))
         rows.append({"query": q, "pos": [" ".join(rng.choices(WORDS, k=60))],
                      "neg": [" ".join(rng.choices(WORDS, k=60)) for _ in range(group - 1)]})

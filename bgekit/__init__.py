@@ -66,14 +66,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .config import CourseConfig, get_mode, seed_everything, setup
     from .data import BeirData, course_data_dir, doc_text, load_beir, load_training_jsonl, write_jsonl
     from .encoder import Encoder
+    from .fusion import fuse_scores, rrf, tune_fusion_weight
     from .index import DenseIndex
-    from .metrics import evaluate, format_table
     from .llm import LLMClient, LLMError, default_client, local_server
     from .merging import merge_models
+    from .metrics import evaluate, format_table
     from .mining import HardNegativeMiner, MiningReport, mine_hard_negatives
+    from .models import ModelLoadError, ModelSpec, get_spec, offline_model_path, resolve_model
     from .rag import RAGResult
     from .reranker import Reranker
-    from .training import RerankerTrainArgs, TrainArgs, train_embedder, train_reranker
     from .retrieval import BM25Retriever, DenseRetriever, HybridRetriever, evaluate_retrieval
-    from .fusion import fuse_scores, rrf, tune_fusion_weight
-    from .models import ModelLoadError, ModelSpec, get_spec, offline_model_path, resolve_model
+    from .training import RerankerTrainArgs, TrainArgs, train_embedder, train_reranker

@@ -101,20 +101,19 @@ def _parse_ks(values: Sequence[str]) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     import bgekit
-    from bgekit.data import load_beir
+    from bgekit import config
+    from bgekit.data import course_data_dir, load_beir
     from bgekit.encoder import Encoder
     from bgekit.metrics import evaluate
     from bgekit.retrieval import BM25Retriever, DenseRetriever, rrf
-
-    from bgekit import config
-    from bgekit.data import course_data_dir
 
     t0 = time.perf_counter()
     mode, reason = config.get_mode()
     config.seed_everything(0)
     model = args.model or config.default_embedder(mode)
     data_dir = Path(args.data) if args.data else course_data_dir()
-    print(f"bgekit {bgekit.__version__} | mode: {mode} ({reason}) | device: {config.default_device()} | data: {data_dir}")
+    print(f"bgekit {bgekit.__version__} | mode: {mode} ({reason}) | device: {config.default_device()} "
+          f"| data: {data_dir}")
     data = load_beir(data_dir, split=args.split)
     encoder = Encoder(model, batch_size=args.batch_size) if args.batch_size else Encoder(model)
     print(f"\nencoding {len(data.corpus)} passages from {data_dir} ...")
@@ -216,7 +215,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="encoding batch size")
     p.add_argument("--max-length", type=int, default=None, help="max tokens per text (default: the model's)")
     p.add_argument("--device", default=None, help="cuda / mps / cpu (default: automatic)")
-    p.add_argument("--index", default="flat", choices=("flat", "hnsw", "ivf"), help="dense index kind (default: flat, exact)")
+    p.add_argument("--index", default="flat", choices=("flat", "hnsw", "ivf"),
+                   help="dense index kind (default: flat, exact)")
     same = p.add_mutually_exclusive_group()
     same.add_argument("--ignore-identical-ids", dest="ignore_identical_ids", action="store_true", default=None,
                       help="drop hits whose doc id equals the query id (default: only for ArguAna and Quora, "

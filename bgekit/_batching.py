@@ -7,7 +7,7 @@ order. On CUDA out-of-memory the batch is halved and retried.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -6,10 +6,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_write_jsonl", "atomic_dir", "read_jsonl"]
+__all__ = [
+    "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_write_jsonl", "atomic_dir", "read_jsonl",
+]
 
 
 def _umask() -> int:

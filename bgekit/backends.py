@@ -35,8 +35,8 @@ import logging
 import os
 import shutil
 import warnings
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -17,8 +17,9 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,8 @@ def model_fingerprint(model: torch.nn.Module, tokenizer: Any = None) -> str:
 
 def corpus_key(encoder: Any, texts: Sequence[str], **settings: Any) -> str:
     """Cache key of ``encoder.encode(texts, **settings)``: model fingerprint + settings + texts."""
-    missing = [a for a in ("model", "tokenizer", "pooling", "normalize", "max_length", "dtype") if not hasattr(encoder, a)]
+    needed = ("model", "tokenizer", "pooling", "normalize", "max_length", "dtype")
+    missing = [a for a in needed if not hasattr(encoder, a)]
     if missing:
         raise TypeError(f"caching embeddings needs a bgekit.Encoder; {type(encoder).__name__} has no "
                         f"{', '.join(missing)}")

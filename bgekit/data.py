@@ -181,7 +181,9 @@ def load_beir(data_dir: str | os.PathLike, split: str = "test", strict: bool = T
     qrels_path = root / "qrels" / f"{split}.tsv"
     for p in (corpus_path, queries_path):
         if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+            raise FileNotFoundError(
+                f"{p} not found: a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv"
+            )
     if not qrels_path.is_file():
         raise FileNotFoundError(
             f"{qrels_path} not found: no split {split!r} in {root} (available: {available_splits(root) or 'none'})"
@@ -201,7 +203,8 @@ def load_beir(data_dir: str | os.PathLike, split: str = "test", strict: bool = T
         if strict:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise ValueError("; ".join(problems[:5]) + more + "; pass strict=False to drop such judgements")
-        logger.warning("%s: dropping %d judgement(s) that point to unknown ids, e.g. %s", qrels_path, len(problems), problems[0])
+        logger.warning("%s: dropping %d judgement(s) that point to unknown ids, e.g. %s",
+                       qrels_path, len(problems), problems[0])
         qrels = {
             qid: {did: rel for did, rel in judged.items() if did in corpus}
             for qid, judged in qrels.items()
@@ -222,7 +225,8 @@ def save_beir(
 ) -> Path:
     """Write a BEIR folder (each file atomically). ``qrels`` maps split name -> {qid: {doc_id: rel}}.
 
-    >>> save_beir("my_data", {"d1": {"title": "", "text": "hi"}}, {"q1": "hello?"}, {"test": {"q1": {"d1": 1}}})  # doctest: +SKIP
+    >>> save_beir("my_data", {"d1": {"title": "", "text": "hi"}}, {"q1": "hello?"},
+    ...           {"test": {"q1": {"d1": 1}}})  # doctest: +SKIP
     """
     root = Path(data_dir)
     corpus_rows = []

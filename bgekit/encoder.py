@@ -1,8 +1,8 @@
 """Turn text into BGE embeddings exactly as BAAI specifies, fast.
 
 >>> from bgekit import Encoder
->>> enc = Encoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")  # bundled; full mode: "BAAI/bge-large-en-v1.5"
->>> q = enc.encode_queries(["how do I stop fungus gnats?"])   # adds the model's query instruction (BGE's; MiniLM has none)
+>>> enc = Encoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")  # bundled; full: "BAAI/bge-large-en-v1.5"
+>>> q = enc.encode_queries(["how do I stop fungus gnats?"])  # adds the query instruction (BGE's; MiniLM has none)
 >>> p = enc.encode_corpus([{"title": "Fungus gnats", "text": "Let the top of the mix dry out..."}])
 >>> (q @ p.T).shape, q.dtype
 ((1, 1), dtype('float32'))
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
 from . import models
 from ._batching import model_inputs, run_length_sorted
 from .config import default_device, default_embedder, model_dtype
@@ -152,9 +154,9 @@ class Encoder:
         self.max_length = min(int(spec.max_length), int(model_max))
         self._runner = None
         if backend != "torch":
-            self._runner = backends.load_exported(self.model, self.tokenizer, backend, quantize, output="last_hidden_state",
-                                                  cache_dir=cache_dir, calibration_texts=calibration_texts,
-                                                  max_length=self.max_length)
+            self._runner = backends.load_exported(self.model, self.tokenizer, backend, quantize,
+                                                  output="last_hidden_state", cache_dir=cache_dir,
+                                                  calibration_texts=calibration_texts, max_length=self.max_length)
         logger.info("Encoder %s on %s (%s, backend %s): %s pooling, normalize=%s, max_length=%d, query instruction %r",
                     models.display_name(name), self.device,
                     str(dtype).replace("torch.", "") if quantize is None else quantize, backend, spec.pooling,

@@ -21,8 +21,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -181,7 +182,7 @@ def _check_settings(names: Sequence[str], specs: Sequence[_models.ModelSpec]) ->
 
 
 def _load(name: str, kind: str) -> torch.nn.Module:
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     from .training.embedder import _load_auto_model
 

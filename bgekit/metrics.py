@@ -310,8 +310,13 @@ def format_table(
         for name, row in results.items()
     ]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["| " + " | ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header)) + " |"]
-    lines.append("|" + "|".join(":" + "-" * (widths[0] + 1) if i == 0 else "-" * (widths[i] + 1) + ":" for i in range(len(header))) + "|")
+
+    def fmt_row(cells: Sequence[str]) -> str:
+        padded = (c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = (":" + "-" * (widths[0] + 1) if i == 0 else "-" * (widths[i] + 1) + ":" for i in range(len(header)))
+    lines = [fmt_row(header), "|" + "|".join(rule) + "|"]
     for r in body:
-        lines.append("| " + " | ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)) + " |")
+        lines.append(fmt_row(r))
     return "\n".join(lines)

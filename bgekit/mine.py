@@ -17,8 +17,8 @@ import argparse
 import logging
 import sys
 
-from .models import ModelLoadError
 from .mining import DEFAULT_NEGATIVE_NUMBER, DEFAULT_RERANKER_THRESHOLD, mine_hard_negatives, parse_range
+from .models import ModelLoadError
 
 
 def build_parser() -> argparse.ArgumentParser:

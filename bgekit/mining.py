@@ -47,9 +47,10 @@ import logging
 import os
 import random
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,8 @@ def _load_pool(source: str | os.PathLike | Sequence[str]) -> list[str]:
         for lineno, obj in read_jsonl(path):
             t = obj.get("text")
             if not isinstance(t, str) or not t.strip():
-                what = "missing key 'text'" if "text" not in obj else f"'text' must be a non-empty string, got {t!r:.60}"
+                what = ("missing key 'text'" if "text" not in obj
+                        else f"'text' must be a non-empty string, got {t!r:.60}")
                 raise ValueError(f"{path}:{lineno}: {what}")
             texts.append(t)
         where = str(path)
@@ -358,7 +360,8 @@ class HardNegativeMiner:
         k = min(k, len(self.pool))
         if self._search_cache is None or self._search_cache[0] < k:
             ids, scores = self.index.search(self.q_vecs, k)
-            pos = np.array(ids).astype(np.int64).reshape(len(ids), -1)  # ids are "0".."n-1"; flat search fills every row
+            # ids are "0".."n-1"; flat search fills every row
+            pos = np.array(ids).astype(np.int64).reshape(len(ids), -1)
             self._search_cache = (k, pos, scores)
         _, pos, scores = self._search_cache
         return pos[:, :k], scores[:, :k]

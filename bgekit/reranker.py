@@ -10,8 +10,12 @@ their sigmoid, in [0, 1]):
 [5.31, -7.96]
 >>> rr.compute_score([("what is a cactus?", "A cactus is a succulent plant.")], normalize=True)  # doctest: +SKIP
 [0.995]
->>> rr.rerank("what is a cactus?", ["Tomatoes need full sun.", "A cactus is a succulent plant."])  # doctest: +SKIP
-[{'index': 1, 'text': 'A cactus is a succulent plant.', 'score': 5.31}, {'index': 0, 'text': 'Tomatoes need full sun.', 'score': -7.96}]
+>>> passages = ["Tomatoes need full sun.", "A cactus is a succulent plant."]
+>>> hits = rr.rerank("what is a cactus?", passages)  # doctest: +SKIP
+>>> hits[0]  # doctest: +SKIP
+{'index': 1, 'text': 'A cactus is a succulent plant.', 'score': 5.31}
+>>> [(h["index"], h["score"]) for h in hits]  # doctest: +SKIP
+[(1, 5.31), (0, -7.96)]
 
 In small (offline) mode no pretrained cross-encoder is available: notebook 03 trains one with
 :func:`bgekit.training.train_reranker`; pass its folder, ``Reranker(path)``.

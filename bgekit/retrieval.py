@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from bgekit.metrics import rank_documents, rank_order
+from bgekit.metrics import rank_order
 
 from .fusion import rrf
 from .types import Document, Hits, Run

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def umap_scatter(vectors: np.ndarray, labels: Sequence[str], title: str = "UMAP 
     xy = umap.UMAP(n_neighbors=nn, min_dist=0.3, metric=metric, random_state=seed, n_jobs=1).fit_transform(x)
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for lab in dict.fromkeys(labels):
-        idx = [i for i, l in enumerate(labels) if l == lab]
+        idx = [i for i, name in enumerate(labels) if name == lab]
         ax.scatter(xy[idx, 0], xy[idx, 1], s=40, label=lab, alpha=0.85)
     ax.set_xticks([])
     ax.set_yticks([])

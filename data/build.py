@@ -35,7 +35,7 @@ def _read(path: Path) -> list[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{lineno}: invalid JSON: {e}")
+                raise SystemExit(f"{path}:{lineno}: invalid JSON: {e}") from e
             if not isinstance(obj, dict):
                 raise SystemExit(f"{path}:{lineno}: expected a JSON object")
             rows.append((lineno, obj))

@@ -155,6 +155,9 @@ def build_data_subset(dest: Path, n_test: int = 30, n_train: int = 130, n_extra_
     if (dest / "corpus.jsonl").is_file():
         return dest
     (dest / "qrels").mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    shutil.copytree(src / "source", dest / "source", dirs_exist_ok=True)   # the passages' topics (notebook 02, section 7)
     keep_q: set[str] = set()
     keep_d: set[str] = set()
     for split, n in (("test", n_test), ("train", n_train)):

@@ -20,9 +20,10 @@ def test_import_is_lazy():
 
 
 def test_version_comes_from_the_package_metadata():
-    import tomllib
     from importlib.metadata import version
     from pathlib import Path
+
+    import tomllib
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
     assert bgekit.__version__ == version("bgekit") == pyproject["project"]["version"]

@@ -175,7 +175,7 @@ def test_forwarded_commands_reach_their_module(capsys):
     if not present:
         pytest.skip("no forwarded module (bgekit.mine / bgekit.train) in this checkout")
     argv = list(sys.argv)
-    for cmd, mod in present.items():
+    for cmd, _mod in present.items():
         assert main([cmd, "--help"]) == 0
         out = capsys.readouterr().out
         assert out.startswith("usage:"), (cmd, out[:200])  # the module's own argparse help

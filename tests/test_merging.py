@@ -100,11 +100,12 @@ def test_mismatched_models_error_clearly(tmp_path, pair):
 
 def test_failed_merge_leaves_existing_folder(tmp_path, pair):
     from bgekit.merging import merge_models
+    from bgekit.models import ModelLoadError
 
     a, b = pair
     out = merge_models([a, b], [0.5, 0.5], tmp_path / "m")
     before = load(out)
-    with pytest.raises(Exception):
+    with pytest.raises(ModelLoadError):
         merge_models([a, tmp_path / "missing"], [0.5, 0.5], out)
     after = load(out)
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bgekit.mining import (HardNegativeMiner, mine_course_train_split, mine_hard_negatives, normalize_text,
-                           parse_range)
+from bgekit.mining import HardNegativeMiner, mine_course_train_split, mine_hard_negatives, normalize_text, parse_range
 
 TOPICS = {
     "cactus": ("how often should I water a cactus?",

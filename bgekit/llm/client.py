@@ -143,7 +143,8 @@ class LLMClient:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
 
         self.provider = provider
-        # the openai package's own OPENAI_BASE_URL moves the OpenAI preset (a proxy, or a local OpenAI-compatible server)
+        # the openai package's own OPENAI_BASE_URL moves the OpenAI preset (a proxy, or a local
+        # OpenAI-compatible server)
         env_url = os.environ.get("OPENAI_BASE_URL") if provider == "openai" else None
         self.base_url = (base_url or env_url or (preset.base_url if preset else "")).rstrip("/")
         self.model: str | None = model or (preset.model if preset else None)  # custom servers: see .models()

@@ -171,7 +171,10 @@ def sample_group(ex: TrainExample, rng: np.random.Generator, group_size: int, po
 
 
 class EmbedderDataset(torch.utils.data.Dataset):
-    """Item ``i``: ``{"query", "passages" (group, positive first), "pos"}`` for row ``i``, drawn with ``(seed, epoch, i)``."""
+    """Item ``i``: ``{"query", "passages" (group, positive first), "pos"}`` for row ``i``.
+
+    Drawn with ``(seed, epoch, i)``.
+    """
 
     def __init__(self, examples: Sequence[TrainExample], pool: Sequence[str], group_size: int, seed: int) -> None:
         self.examples, self.pool, self.group_size, self.seed = list(examples), list(pool), group_size, seed
