@@ -305,7 +305,10 @@ plt.axhline(0.99, color="gray", ls="--", lw=0.8, label="99% of float")
 plt.xscale("log"); plt.xlabel("rescore factor (candidates = factor x 10)"); plt.ylabel("share of float nDCG@10")
 plt.legend(); plt.title("rescoring recovers binary search"); plt.show()
 print({r: round(v / base_ndcg, 4) for r, v in curve.items()}, "| no rescoring:", round(no_rescore / base_ndcg, 4))
-assert curve[10] / base_ndcg >= 0.99, "binary with rescoring should keep 99% of float nDCG@10"
+from bgekit.config import quality_claim  # an assertion (only the rehearsal's random stand-ins report it skipped)
+
+with quality_claim("binary search with rescoring keeps 99% of float nDCG@10"):
+    assert curve[10] / base_ndcg >= 0.99, "binary with rescoring should keep 99% of float nDCG@10"
 
 # %% [markdown]
 # ## 5. What truncation costs
@@ -318,10 +321,11 @@ assert curve[10] / base_ndcg >= 0.99, "binary with rescoring should keep 99% of 
 # measure every size without encoding again (and we check that against `truncate_dim` on a few passages).
 
 # %%
-small_enc = Encoder(cfg.embedder, truncate_dim=128)
+cut = min(128, encoder.dim // 2)   # 128 of MiniLM's 384 (or bge-large's 1,024) dimensions
+small_enc = Encoder(cfg.embedder, truncate_dim=cut)
 direct = small_enc.encode(sample[:8])
-sliced = ref[:8, :128] / np.linalg.norm(ref[:8, :128], axis=1, keepdims=True)
-print("truncate_dim=128 equals the re-normalised slice:", np.allclose(direct, sliced, atol=1e-5))
+sliced = ref[:8, :cut] / np.linalg.norm(ref[:8, :cut], axis=1, keepdims=True)
+print(f"truncate_dim={cut} equals the re-normalised slice:", np.allclose(direct, sliced, atol=1e-5))
 
 
 def renorm(x):
@@ -445,13 +449,14 @@ def binary_top10(doc_vecs, query_vecs):
 
 # %%
 with check("binary search by hand"):
-    mine = binary_top10(doc_vecs, query_vecs[:50])
+    nq = min(50, len(query_vecs))
+    mine = binary_top10(doc_vecs, query_vecs[:nq])
     reference = DenseIndex(encoder.dim, kind="binary")
     reference.add(doc_ids, doc_vecs)
-    _, want = reference.search(query_vecs[:50], 10)
-    assert mine.shape == (50, 10), f"expected shape (50, 10), got {np.shape(mine)}"
+    _, want = reference.search(query_vecs[:nq], 10)
+    assert mine.shape == (nq, 10), f"expected shape ({nq}, 10), got {np.shape(mine)}"
     assert np.allclose(mine, want, atol=1e-6), "your scores differ from DenseIndex(kind='binary')"
-    print("your Hamming search matches faiss' binary index on 50 test queries")
+    print(f"your Hamming search matches faiss' binary index on {nq} test queries")
 
 # %% [markdown]
 # ## Summary

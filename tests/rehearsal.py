@@ -172,12 +172,18 @@ def build_data_subset(dest: Path, n_test: int = 30, n_train: int = 130, n_extra_
     corpus = [json.loads(ln) for ln in (src / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if ln.strip()]
     others = sorted(d["_id"] for d in corpus if d["_id"] not in keep_d)
     keep_d.update(random.Random(seed).sample(others, min(n_extra_docs, len(others))))
+    import re
+
+    # passages a notebook names by id (notebook 06's support-check cases) stay in
+    named = {m for nb in (ROOT / "notebooks").glob("[0-9][0-9]_*.py")
+             for m in re.findall(r'"(p\d{4})"', nb.read_text(encoding="utf-8"))}
+    keep_d.update(named & {d["_id"] for d in corpus})
     (dest / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus if d["_id"] in keep_d),
                                        encoding="utf-8")
     queries = [json.loads(ln) for ln in (src / "queries.jsonl").read_text(encoding="utf-8").splitlines() if ln.strip()]
     (dest / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries if q["_id"] in keep_q),
                                         encoding="utf-8")
-    shutil.copytree(src / "general", dest / "general")
+    shutil.copytree(src / "general", dest / "general", dirs_exist_ok=True)
     return dest
 
 
