@@ -46,8 +46,8 @@ from ._io import atomic_dir, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "QUANTIZATIONS", "check_backend", "require_backend", "default_cache_dir", "export_key",
-           "export_model", "exported_model", "BackendRunner", "load_runner", "load_exported",
+__all__ = ["BACKENDS", "QUANTIZATIONS", "check_backend", "require_backend", "resolve_backend", "default_cache_dir",
+           "export_key", "export_model", "exported_model", "BackendRunner", "load_runner", "load_exported",
            "default_calibration_texts", "clear_cache"]
 
 #: the inference backends
@@ -91,6 +91,47 @@ def check_backend(backend: str | None, quantize: str | None) -> tuple[str, str |
         raise ValueError("quantize='int8' needs backend='onnx' or backend='openvino' (the torch backend runs the "
                          "model in its own dtype: use dtype='bf16'/'fp16' there)")
     return b, q
+
+
+def resolve_backend(backend: str | None, quantize: str | None, device: str | None,
+                    dtype: str | torch.dtype | None) -> tuple[str, str | None, str | None]:
+    """The one check of a model's backend, quantization, device and dtype (the Encoder and the Reranker call it).
+
+    Validates ``backend`` / ``quantize`` (:func:`check_backend`), imports what the backend needs
+    (:func:`require_backend`), and for an exported backend (onnx, openvino) allows only the CPU and fp32.
+
+    Args:
+        backend: ``"torch"`` (or ``None``), ``"onnx"`` or ``"openvino"``.
+        quantize: ``None`` or ``"int8"`` (exported backends only).
+        device: ``None`` or a device string; an exported backend runs on ``"cpu"``.
+        dtype: ``None``, a ``torch.dtype`` or a name that :func:`bgekit.config.model_dtype` accepts.
+
+    Returns:
+        ``(backend, quantize, device)``, normalised; ``device`` is ``"cpu"`` for an exported backend.
+
+    Raises:
+        ValueError: an unknown backend or quantization, int8 with torch, a GPU device or a half dtype with an
+            exported backend. ImportError: the backend is not installed (names the pip extra).
+
+    >>> resolve_backend(None, None, "cpu", "bf16")
+    ('torch', None, 'cpu')
+    >>> resolve_backend("onnx", None, "cuda", None)
+    Traceback (most recent call last):
+    ...
+    ValueError: backend='onnx' runs on the CPU; use backend='torch' for device='cuda'
+    """
+    from .config import model_dtype
+
+    backend, quantize = check_backend(backend, quantize)
+    require_backend(backend, quantize)
+    if backend == "torch":
+        return backend, quantize, device
+    if device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}")
+    if dtype is not None and model_dtype("cpu", dtype) is not torch.float32:
+        raise ValueError(f"backend={backend!r} exports the fp32 model (quantize='int8' for int8); "
+                         f"dtype={dtype!r} is for backend='torch'")
+    return backend, quantize, "cpu"
 
 
 def require_backend(backend: str, quantize: str | None = None) -> None:

@@ -138,14 +138,13 @@ def force_fp16() -> bool:
     return _env_flag(FORCE_FP16_ENV)
 
 
-def model_dtype(device: str | object, dtype: object = None, *, dtypes: dict | None = None):
+def model_dtype(device: str | object, dtype: object = None):
     """The ``torch.dtype`` a model is loaded in: the one asked for, else fp16 on CUDA (or anywhere when
     ``$BGEKIT_FORCE_FP16=1``), else fp32. The one place the Encoder, the Reranker and training pick a dtype.
 
     Args:
         device: a ``torch.device`` or device string.
-        dtype: ``None``, a ``torch.dtype``, or a name (``"fp16"``, ``"bf16"``, ``"fp32"`` and their long forms).
-        dtypes: the accepted names (default: fp16/float16/half, bf16/bfloat16, fp32/float32).
+        dtype: ``None``, a ``torch.dtype``, or a name: fp16/float16/half, bf16/bfloat16, fp32/float32.
 
     Returns:
         torch.dtype
@@ -159,9 +158,8 @@ def model_dtype(device: str | object, dtype: object = None, *, dtypes: dict | No
     """
     import torch
 
-    names = dtypes or {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-                       "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-                       "fp32": torch.float32, "float32": torch.float32}
+    names = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
     if dtype is None:
         if force_fp16():
             return torch.float16

@@ -93,33 +93,28 @@ def _text_field(obj: Mapping[str, Any], key: str, where: str, required: bool) ->
     return val
 
 
-def _read_corpus(path: Path) -> dict[str, dict[str, str]]:
-    corpus: dict[str, dict[str, str]] = {}
+def _records(path: Path, kind: str) -> Iterator[tuple[str, dict, str]]:
+    """``(id, record, "file:line")`` for each line of a BEIR corpus or queries file; ids are checked and unique."""
+    seen: set[str] = set()
     for lineno, obj in read_jsonl(path):
         where = f"{path}:{lineno}"
         if "_id" not in obj:
             raise ValueError(f"{where}: missing key '_id'")
-        did = _as_id(obj["_id"], where)
-        if did in corpus:
-            raise ValueError(f"{where}: duplicate document id {did!r}")
-        corpus[did] = {
-            "title": _text_field(obj, "title", where, required=False),
-            "text": _text_field(obj, "text", where, required=True),
-        }
-    return corpus
+        rid = _as_id(obj["_id"], where)
+        if rid in seen:
+            raise ValueError(f"{where}: duplicate {kind} id {rid!r}")
+        seen.add(rid)
+        yield rid, obj, where
+
+
+def _read_corpus(path: Path) -> dict[str, dict[str, str]]:
+    return {did: {"title": _text_field(obj, "title", where, required=False),
+                  "text": _text_field(obj, "text", where, required=True)}
+            for did, obj, where in _records(path, "document")}
 
 
 def _read_queries(path: Path) -> dict[str, str]:
-    queries: dict[str, str] = {}
-    for lineno, obj in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        if "_id" not in obj:
-            raise ValueError(f"{where}: missing key '_id'")
-        qid = _as_id(obj["_id"], where)
-        if qid in queries:
-            raise ValueError(f"{where}: duplicate query id {qid!r}")
-        queries[qid] = _text_field(obj, "text", where, required=True)
-    return queries
+    return {qid: _text_field(obj, "text", where, required=True) for qid, obj, where in _records(path, "query")}
 
 
 def _read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[tuple[str, str], int]]:
@@ -270,8 +265,21 @@ def _repository_url() -> str:
     return repository_url()
 
 
-def doc_text(doc: str | Mapping[str, str]) -> str:
-    """The text to embed for a document: ``title + " " + text``, stripped (MTEB's convention).
+def doc_text(doc: str | Mapping[str, str], where: str = "document") -> str:
+    """The text to embed or score for a document: ``title + " " + text``, stripped (MTEB's convention).
+
+    The one definition of a document's text: the encoder, the retrievers, the reranker, chunking and the
+    index builder all call it.
+
+    Args:
+        doc: a string (returned as it is) or a ``{"title", "text"}`` record (``title`` optional).
+        where: names the document in an error (``"docs[3]"``, ``"corpus['d7']"``).
+
+    Returns:
+        str
+
+    Raises:
+        TypeError: not a string or a record with a string ``text`` (and a string ``title`` when present).
 
     >>> doc_text({"title": "Fever", "text": "A raised temperature."})
     'Fever A raised temperature.'
@@ -279,12 +287,47 @@ def doc_text(doc: str | Mapping[str, str]) -> str:
     'plain'
     >>> doc_text("already a string")
     'already a string'
+    >>> doc_text({"title": "no text"}, "docs[2]")
+    Traceback (most recent call last):
+    ...
+    TypeError: docs[2] has no string 'text' field: expected str or a {'title', 'text'} record
     """
     if isinstance(doc, str):
         return doc
-    title = doc.get("title") or ""
-    text = doc.get("text") or ""
+    if not isinstance(doc, Mapping):
+        raise TypeError(f"{where} is {type(doc).__name__}: expected str or a {{'title', 'text'}} record")
+    text, title = doc.get("text"), doc.get("title") or ""
+    if not isinstance(text, str):
+        raise TypeError(f"{where} has no string 'text' field: expected str or a {{'title', 'text'}} record")
+    if not isinstance(title, str):
+        raise TypeError(f"{where}['title'] is {type(title).__name__}, expected str")
     return (title + " " + text).strip()
+
+
+def check_texts(texts: Any, what: str = "texts") -> list[str]:
+    """The one check of a list of texts (queries, passages): a list of ``str``, returned as a list.
+
+    Raises:
+        TypeError: a single string (wrap it in a list), not iterable, or an item that is not a string
+            (names its index).
+
+    >>> check_texts(("a", "b"))
+    ['a', 'b']
+    >>> check_texts(["a", None], "queries")
+    Traceback (most recent call last):
+    ...
+    TypeError: queries[1] is NoneType, expected str (None is not text: drop or replace it)
+    """
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a list of strings, got a single string: wrap it in a list, [text]")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected str"
+                            + (" (None is not text: drop or replace it)" if t is None else ""))
+    return texts
 
 
 def _is_str_list(val: Any) -> bool:

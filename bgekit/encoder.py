@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,27 +26,13 @@ import torch
 from . import models
 from ._batching import model_inputs, run_length_sorted
 from .config import default_device, default_embedder, model_dtype
+from .data import check_texts, doc_text
 
 logger = logging.getLogger(__name__)
 
 #: show a progress bar when encoding at least this many texts (unless told otherwise)
 PROGRESS_MIN_TEXTS = 256
 
-_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
-
-
-def _check_texts(texts: Any, what: str = "texts") -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"{what} must be a list of strings; wrap a single string in a list")
-    if not isinstance(texts, Iterable):
-        raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected str"
-                            + (" (None is not text: drop or replace it)" if t is None else ""))
-    return texts
 
 
 def warn_truncated(log: logging.Logger, n_cut: int, n_total: int, max_length: int, what: str = "texts") -> None:
@@ -109,15 +95,7 @@ class Encoder:
 
         from . import backends
 
-        backend, quantize = backends.check_backend(backend, quantize)
-        backends.require_backend(backend, quantize)
-        if backend != "torch":
-            if device is not None and torch.device(device).type != "cpu":
-                raise ValueError(f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}")
-            if dtype is not None and _DTYPES.get(dtype, dtype) is not torch.float32:
-                raise ValueError(f"backend={backend!r} exports the fp32 model (quantize='int8' for int8); "
-                                 f"dtype={dtype!r} is for backend='torch'")
-            device = "cpu"
+        backend, quantize, device = backends.resolve_backend(backend, quantize, device, dtype)
         self.backend, self.quantize = backend, quantize
 
         name = str(model_name_or_path) if model_name_or_path is not None else default_embedder(mode)
@@ -132,7 +110,7 @@ class Encoder:
         self.spec = spec
         self.name = name
         self.device = torch.device(device or default_device())
-        dtype = model_dtype(self.device, dtype, dtypes=_DTYPES)   # fp16 on CUDA (or BGEKIT_FORCE_FP16=1), else fp32
+        dtype = model_dtype(self.device, dtype)   # fp16 on CUDA (or BGEKIT_FORCE_FP16=1), else fp32
         self.dtype = dtype
         self.batch_size = int(batch_size)
         self.show_progress = show_progress
@@ -231,7 +209,7 @@ class Encoder:
         >>> Encoder().encode(["a cat", "a dog"]).shape  # doctest: +SKIP
         (2, 384)
         """
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if not texts:
             empty = np.zeros((0, self.dim), dtype=np.float32)
             return empty if convert_to_numpy else torch.from_numpy(empty)
@@ -259,26 +237,14 @@ class Encoder:
         ``instruction=None`` uses the registry's (BGE: ``"Represent this sentence for searching relevant
         passages: "``); ``instruction=""`` encodes the queries as they are.
         """
-        queries = _check_texts(queries, "queries")
+        queries = check_texts(queries, "queries")
         prefix = self.query_instruction if instruction is None else instruction
         return self.encode([prefix + q for q in queries] if prefix else queries, **kw)
 
     def encode_corpus(self, docs: Sequence[str | dict], **kw: Any) -> np.ndarray:
         """Embed passages (never with an instruction). A doc is a string or ``{"title", "text"}``,
         joined as ``title + " " + text``."""
-        if isinstance(docs, (str, dict)):
+        if isinstance(docs, (str, Mapping)) or not isinstance(docs, Iterable):
             raise TypeError("docs must be a list of strings or {'title', 'text'} records")
-        texts = []
-        for i, d in enumerate(docs):
-            if isinstance(d, dict):
-                if not isinstance(d.get("text"), str):
-                    raise TypeError(f"docs[{i}] has no string 'text' field")
-                title = d.get("title") or ""
-                if not isinstance(title, str):
-                    raise TypeError(f"docs[{i}]['title'] is {type(title).__name__}, expected str")
-                texts.append((title + " " + d["text"]).strip())
-            elif isinstance(d, str):
-                texts.append(d)
-            else:
-                raise TypeError(f"docs[{i}] is {type(d).__name__}, expected str or dict with 'text'")
+        texts = [doc_text(d, f"docs[{i}]") for i, d in enumerate(docs)]
         return self.encode(texts, **kw)

@@ -54,6 +54,7 @@ import torch
 from . import models
 from ._batching import model_inputs, run_length_sorted
 from .config import default_device, get_mode, model_dtype
+from .data import doc_text
 from .encoder import warn_truncated
 from .fusion import FUSION_WEIGHTS, fuse_scores, tune_fusion_weight  # their home is bgekit.fusion; importable here too
 from .metrics import rank_documents, rank_order
@@ -65,8 +66,6 @@ __all__ = ["Reranker", "tokenize_pairs", "default_reranker", "fuse_scores", "tun
 #: show a progress bar when scoring at least this many pairs (unless told otherwise)
 PROGRESS_MIN_PAIRS = 512
 
-_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
 
 Pair = tuple[str, str]
 
@@ -196,15 +195,7 @@ class Reranker:
 
         from . import backends
 
-        backend, quantize = backends.check_backend(backend, quantize)
-        backends.require_backend(backend, quantize)
-        if backend != "torch":
-            if device is not None and torch.device(device).type != "cpu":
-                raise ValueError(f"backend={backend!r} runs on the CPU; use backend='torch' for device={device!r}")
-            if dtype is not None and _DTYPES.get(dtype, dtype) is not torch.float32:
-                raise ValueError(f"backend={backend!r} exports the fp32 model (quantize='int8' for int8); "
-                                 f"dtype={dtype!r} is for backend='torch'")
-            device = "cpu"
+        backend, quantize, device = backends.resolve_backend(backend, quantize, device, dtype)
         self.backend, self.quantize = backend, quantize
 
         name = os.fspath(model_name_or_path) if model_name_or_path is not None else default_reranker(mode)
@@ -218,7 +209,7 @@ class Reranker:
                 "from it with bgekit.training.train_reranker."
             )
         self.device = torch.device(device or default_device())
-        dtype = model_dtype(self.device, dtype, dtypes=_DTYPES)   # fp16 on CUDA (or BGEKIT_FORCE_FP16=1), else fp32
+        dtype = model_dtype(self.device, dtype)   # fp16 on CUDA (or BGEKIT_FORCE_FP16=1), else fp32
         self.dtype = dtype
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -317,14 +308,7 @@ class Reranker:
             raise TypeError("passages must be a list of strings (or {'title', 'text'} records)")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-        texts: list[str] = []
-        for i, p in enumerate(passages):
-            if isinstance(p, str):
-                texts.append(p)
-            elif isinstance(p, Mapping) and isinstance(p.get("text"), str):
-                texts.append(((p.get("title") or "") + " " + p["text"]).strip())
-            else:
-                raise TypeError(f"passages[{i}] is {type(p).__name__}, expected str or a dict with a 'text' string")
+        texts = [doc_text(p, f"passages[{i}]") for i, p in enumerate(passages)]
         if ids is not None:
             if isinstance(ids, str):
                 raise TypeError("ids must be a list of doc ids (one per passage), not a single string")

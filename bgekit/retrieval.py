@@ -52,6 +52,7 @@ import numpy as np
 
 from bgekit.metrics import rank_order
 
+from .data import check_texts, doc_text
 from .fusion import rrf
 from .types import Document, Hits, Run
 
@@ -99,19 +100,6 @@ def ignore_identical_ids_for(dataset: str | Path) -> bool:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def _doc_text(doc: Document) -> str:
-    """``title + " " + text`` stripped (MTEB); a plain string passes through."""
-    try:  # the one definition lives in bgekit.data; keep a fallback so this module imports alone
-        from bgekit.data import doc_text
-    except ImportError:  # pragma: no cover - only while bgekit.data is missing
-        doc_text = None
-    if doc_text is not None:
-        return doc_text(doc)
-    if isinstance(doc, str):  # pragma: no cover
-        return doc
-    return (str(doc.get("title") or "") + " " + str(doc.get("text") or "")).strip()  # pragma: no cover
-
-
 def _as_corpus(corpus: Mapping[str, Document] | Sequence[str]) -> dict[str, Document]:
     """Check a corpus and return it as ``{doc_id: doc}`` (a list of strings gets ids "0", "1", ...)."""
     if isinstance(corpus, Mapping):
@@ -133,16 +121,6 @@ def _as_corpus(corpus: Mapping[str, Document] | Sequence[str]) -> dict[str, Docu
                 f"corpus[{doc_id!r}] is {type(doc).__name__}: expected a str or a dict with 'title'/'text'"
             )
     return out
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("search() takes a list of query strings; wrap a single query as [query]")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"query #{i} is {type(t).__name__}, expected str")
-    return texts
 
 
 def _check_k(k: int, name: str = "k") -> int:
@@ -189,7 +167,7 @@ class Retriever:
             doc = self.corpus[doc_id]
         except KeyError:
             raise KeyError(f"doc id {doc_id!r} is not in this retriever's corpus ({len(self.corpus)} docs)") from None
-        return _doc_text(doc)
+        return doc_text(doc)
 
     def search(self, query_texts: Sequence[str], k: int = 10) -> Hits:  # pragma: no cover - abstract
         """``[[(doc_id, score), ...] per query]``, best first, at most ``k`` hits each."""
@@ -289,7 +267,7 @@ class DenseRetriever(Retriever):
         if embeddings is not None and cache_dir is not None:
             raise ValueError("pass either embeddings (precomputed) or cache_dir (compute once, then reuse), not both")
         if embeddings is None:
-            texts = [_doc_text(self.corpus[d]) for d in self.doc_ids]
+            texts = [doc_text(self.corpus[d]) for d in self.doc_ids]
 
             def compute() -> np.ndarray:
                 logger.info("encoding %d documents with %s", len(texts), getattr(encoder, "name", encoder))
@@ -332,7 +310,7 @@ class DenseRetriever(Retriever):
         >>> dense.search(["yellow leaves on tomatoes"], k=2)   # doctest: +SKIP
         [[('d12', 0.71), ('d40', 0.63)]]
         """
-        texts = _check_texts(query_texts)
+        texts = check_texts(query_texts, "queries")
         k = _check_k(k)
         if not texts:
             return []
@@ -421,7 +399,7 @@ class BM25Retriever(Retriever):
         self.stopwords = stopwords
         self.show_progress = show_progress
         self._bm25s = bm25s
-        tokens = self._tokenize([_doc_text(self.corpus[d]) for d in self.doc_ids])
+        tokens = self._tokenize([doc_text(self.corpus[d]) for d in self.doc_ids])
         self.model = bm25s.BM25(k1=k1, b=b, method=method)
         self.model.index(tokens, show_progress=show_progress)
 
@@ -447,7 +425,7 @@ class BM25Retriever(Retriever):
 
     def search(self, query_texts: Sequence[str], k: int = 10) -> Hits:
         """Top ``k`` documents per query by BM25 score (score 0 = no shared token = not returned)."""
-        texts = _check_texts(query_texts)
+        texts = check_texts(query_texts, "queries")
         k = _check_k(k)
         out: Hits = []
         for text in texts:
@@ -515,7 +493,7 @@ class HybridRetriever(Retriever):
         Fuses each retriever's top ``depth`` whatever ``k`` is (a deeper member search would change
         the fused scores, and with them the order of the first hits).
         """
-        texts = _check_texts(query_texts)
+        texts = check_texts(query_texts, "queries")
         k = _check_k(k)
         keys = [str(i) for i in range(len(texts))]
         runs = []

@@ -125,7 +125,7 @@ def test_non_strings_named_by_index(encoder, bad, idx, word):
 
 
 def test_single_string_is_rejected_with_hint(encoder):
-    with pytest.raises(TypeError, match="wrap a single string"):
+    with pytest.raises(TypeError, match="got a single string: wrap it in a list"):
         encoder.encode("just one")
 
 

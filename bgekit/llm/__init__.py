@@ -24,38 +24,12 @@ in ``repr``/``str`` or error messages, and the client refuses to be pickled.
 
 from __future__ import annotations
 
-from .client import PROVIDERS, LLMClient, ProviderPreset, default_client
-from .errors import (
-    AuthenticationError,
-    BadRequestError,
-    LLMConnectionError,
-    LLMError,
-    LLMTimeoutError,
-    LocalServerError,
-    MissingAPIKeyError,
-    ModelNotFoundError,
-    RateLimitError,
-    ServerError,
-)
-from .server import LocalServer, default_threads, find_local_gguf, local_server
+from . import client, errors, server
+from .client import *  # noqa: F403  (each submodule's __all__ is the public API; stated once, there)
+from .errors import *  # noqa: F403
+from .server import *  # noqa: F403
 
-__all__ = [
-    "LLMClient",
-    "ProviderPreset",
-    "PROVIDERS",
-    "default_client",
-    "local_server",
-    "find_local_gguf",
-    "default_threads",
-    "LocalServer",
-    "LLMError",
-    "MissingAPIKeyError",
-    "LLMConnectionError",
-    "LLMTimeoutError",
-    "RateLimitError",
-    "ServerError",
-    "AuthenticationError",
-    "ModelNotFoundError",
-    "BadRequestError",
-    "LocalServerError",
-]
+__all__: list[str] = []
+__all__ += client.__all__
+__all__ += errors.__all__
+__all__ += server.__all__

@@ -225,14 +225,8 @@ class LLMClient:
 
             llm.chat("Capital of France?", system="Answer with one word.", max_tokens=5)
         """
-        msgs = _to_messages(messages, system)
         model = self._model(model)
-        resp = self._request(
-            lambda: self._client.chat.completions.create(
-                model=model, messages=msgs, temperature=temperature, max_tokens=max_tokens, **kw
-            ),
-            model=model,
-        )
+        resp = self._create(messages, system, model, temperature=temperature, max_tokens=max_tokens, **kw)
         if not resp.choices:
             raise LLMError(f"{self.base_url} returned no choices for model {model or self.model!r}")
         return resp.choices[0].message.content or ""
@@ -257,19 +251,8 @@ class LLMClient:
             for piece in llm.stream("Tell me a short joke."):
                 print(piece, end="", flush=True)
         """
-        msgs = _to_messages(messages, system)
-        model = self._model(model)
-        stream = self._request(
-            lambda: self._client.chat.completions.create(
-                model=model,
-                messages=msgs,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                stream=True,
-                **kw,
-            ),
-            model=model,
-        )
+        stream = self._create(messages, system, self._model(model), temperature=temperature,
+                              max_tokens=max_tokens, stream=True, **kw)
         try:
             for chunk in stream:
                 if not chunk.choices:
@@ -284,6 +267,12 @@ class LLMClient:
         finally:
             with contextlib.suppress(Exception):
                 stream.close()
+
+    def _create(self, messages: str | Sequence[dict[str, Any]], system: str | None, model: str, **params: Any):
+        """One chat-completions request (the one place :meth:`chat` and :meth:`stream` build it)."""
+        msgs = _to_messages(messages, system)
+        return self._request(lambda: self._client.chat.completions.create(model=model, messages=msgs, **params),
+                             model=model)
 
     def _model(self, model: str | None) -> str:
         m = model or self.model
