@@ -1,4 +1,4 @@
-"""Encoding throughput: bgekit.Encoder vs sentence-transformers (and FlagEmbedding's FlagModel if installed).
+"""Encoding throughput: bgekit.Embedder vs sentence-transformers (and FlagEmbedding's FlagModel if installed).
 
 Same model, same texts, one process, alternating runs; prints docs/s for each, the ratio, and the largest
 difference between the embeddings.
@@ -76,7 +76,7 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from bgekit import Encoder
+    from bgekit import Embedder
     from bgekit.models import offline_model_path
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,7 +96,7 @@ def main() -> None:
         texts = make_texts(args.n)
         half = False
     torch.set_grad_enabled(False)
-    ours = Encoder(model, device=device, dtype="fp16" if half else None, batch_size=args.batch_size)
+    ours = Embedder(model, device=device, dtype="fp16" if half else None, batch_size=args.batch_size)
     st = SentenceTransformer(model, device=device)
     st.max_seq_length = ours.max_length
     if half:
@@ -104,7 +104,7 @@ def main() -> None:
     encoders = {"bgekit": ours}
     for path in [b.strip() for b in args.backends.split(",") if b.strip() and b.strip() != "torch"]:
         backend, _, q = path.partition("-")
-        encoders[f"bgekit {path}"] = Encoder(model, backend=backend, quantize=q or None, batch_size=args.batch_size)
+        encoders[f"bgekit {path}"] = Embedder(model, backend=backend, quantize=q or None, batch_size=args.batch_size)
     runners = {
         name: (lambda e=e: e.encode(texts, batch_size=args.batch_size, show_progress=False))
         for name, e in encoders.items()}

@@ -74,7 +74,7 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer, util
 
-    from bgekit import Encoder
+    from bgekit import Embedder
     from bgekit.mining import mine_hard_negatives, parse_range
     from bgekit.models import offline_model_path
 
@@ -90,7 +90,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
 
     path = str(offline_model_path())
-    enc = Encoder(path, batch_size=args.batch_size, show_progress=False)
+    enc = Embedder(path, batch_size=args.batch_size, show_progress=False)
     st = SentenceTransformer(path, device="cpu")
     try:
         from datasets import Dataset

@@ -219,13 +219,13 @@ def compressed(args, ids, docs, queries, exact_ids, qps_flat) -> None:
 
 def course_ndcg(args) -> None:
     """nDCG@10 of every compressed kind on the course test split, with real embeddings of the mode's model."""
-    from bgekit import Encoder
+    from bgekit import Embedder
     from bgekit.cache import cached_embeddings, corpus_key
     from bgekit.data import course_data_dir, doc_text, load_beir
     from bgekit.metrics import evaluate
 
     data = load_beir(course_data_dir(), split="test")
-    enc = Encoder()
+    enc = Embedder()
     texts = [doc_text(d) for d in data.corpus.values()]
     cache = Path(__file__).resolve().parent / "_out" / "embeddings"
     docs = cached_embeddings(cache, corpus_key(enc, texts), len(texts), lambda: enc.encode_corpus(texts))

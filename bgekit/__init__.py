@@ -2,7 +2,7 @@
 
 >>> import bgekit
 >>> cfg = bgekit.setup()                        # prints mode, device, versions  # doctest: +SKIP
->>> enc = bgekit.Encoder(cfg.embedder)          # doctest: +SKIP
+>>> enc = bgekit.Embedder(cfg.embedder)          # doctest: +SKIP
 >>> vecs = enc.encode_corpus(["Water when the top inch of soil is dry."])  # doctest: +SKIP
 
 Public names are imported lazily, so ``import bgekit`` is fast and a module's heavy dependencies
@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     # models and encoder
     "ModelSpec": "models", "get_spec": "models", "resolve_model": "models", "offline_model_path": "models",
     "ModelLoadError": "models",
-    "Encoder": "encoder",
+    "Embedder": "embedder", "Encoder": "embedder",   # Encoder: the legacy name, an alias
     # data, index, metrics, retrieval
     "BeirData": "data", "load_beir": "data", "course_data_dir": "data", "doc_text": "data",
     "load_training_jsonl": "data", "write_jsonl": "data",
@@ -65,7 +65,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .config import CourseConfig, get_mode, seed_everything, setup
     from .data import BeirData, course_data_dir, doc_text, load_beir, load_training_jsonl, write_jsonl
-    from .encoder import Encoder
+    from .embedder import Embedder, Encoder
     from .fusion import fuse_scores, rrf, tune_fusion_weight
     from .index import DenseIndex
     from .llm import LLMClient, LLMError, default_client, local_server

@@ -103,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import bgekit
     from bgekit import config
     from bgekit.data import course_data_dir, load_beir
-    from bgekit.encoder import Encoder
+    from bgekit.embedder import Embedder
     from bgekit.metrics import evaluate
     from bgekit.retrieval import BM25Retriever, DenseRetriever, rrf
 
@@ -115,7 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"bgekit {bgekit.__version__} | mode: {mode} ({reason}) | device: {config.default_device()} "
           f"| data: {data_dir}")
     data = load_beir(data_dir, split=args.split)
-    encoder = Encoder(model, batch_size=args.batch_size) if args.batch_size else Encoder(model)
+    encoder = Embedder(model, batch_size=args.batch_size) if args.batch_size else Embedder(model)
     print(f"\nencoding {len(data.corpus)} passages from {data_dir} ...")
     t = time.perf_counter()
     dense = DenseRetriever(encoder, data.corpus, show_progress=False)
@@ -143,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from bgekit.encoder import Encoder
+    from bgekit.embedder import Embedder
     from bgekit.retrieval import evaluate_retrieval
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -156,7 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             kw["batch_size"] = args.batch_size
         if args.max_length:
             kw["max_length"] = args.max_length
-        encoder = Encoder(args.model, **kw)
+        encoder = Embedder(args.model, **kw)
     t = time.perf_counter()
     results = evaluate_retrieval(
         args.data,

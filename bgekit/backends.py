@@ -20,8 +20,8 @@ under a key of the source weights and tokenizer (:func:`bgekit.cache.model_finge
 the quantization, the calibration texts and the library versions: a fine-tuned model gets a new export,
 the same model is exported once. Folders are built aside and swapped in atomically.
 
->>> from bgekit import Encoder
->>> enc = Encoder(backend="onnx", quantize="int8")    # doctest: +SKIP
+>>> from bgekit import Embedder
+>>> enc = Embedder(backend="onnx", quantize="int8")    # doctest: +SKIP
 >>> enc.encode(["a cat"]).shape                        # doctest: +SKIP
 (1, 384)
 """
@@ -95,7 +95,7 @@ def check_backend(backend: str | None, quantize: str | None) -> tuple[str, str |
 
 def resolve_backend(backend: str | None, quantize: str | None, device: str | None,
                     dtype: str | torch.dtype | None) -> tuple[str, str | None, str | None]:
-    """The one check of a model's backend, quantization, device and dtype (the Encoder and the Reranker call it).
+    """The one check of a model's backend, quantization, device and dtype (the Embedder and the Reranker call it).
 
     Validates ``backend`` / ``quantize`` (:func:`check_backend`), imports what the backend needs
     (:func:`require_backend`), and for an exported backend (onnx, openvino) allows only the CPU and fp32.

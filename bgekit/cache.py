@@ -5,7 +5,7 @@ weights and tokenizer, the encoding settings (pooling, normalisation, token budg
 texts. :func:`corpus_key` hashes exactly those, so a cached matrix is reused only when it would come
 out the same, and a fine-tuned model or an edited passage gets a new entry::
 
-    >>> dense = DenseRetriever(Encoder(), data.corpus, cache_dir="_work/embeddings")   # doctest: +SKIP
+    >>> dense = DenseRetriever(Embedder(), data.corpus, cache_dir="_work/embeddings")   # doctest: +SKIP
     # first time: encodes and saves _work/embeddings/<key>.npy; next time (any notebook): loads it
 
 Files are written atomically; an unreadable or wrong-shaped file is reported and recomputed.
@@ -60,7 +60,7 @@ def corpus_key(encoder: Any, texts: Sequence[str], **settings: Any) -> str:
     needed = ("model", "tokenizer", "pooling", "normalize", "max_length", "dtype")
     missing = [a for a in needed if not hasattr(encoder, a)]
     if missing:
-        raise TypeError(f"caching embeddings needs a bgekit.Encoder; {type(encoder).__name__} has no "
+        raise TypeError(f"caching embeddings needs a bgekit.Embedder; {type(encoder).__name__} has no "
                         f"{', '.join(missing)}")
     h = hashlib.sha256(model_fingerprint(encoder.model, encoder.tokenizer).encode())
     fixed = dict(pooling=encoder.pooling, normalize=encoder.normalize, max_length=encoder.max_length,

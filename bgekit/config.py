@@ -140,7 +140,7 @@ def force_fp16() -> bool:
 
 def model_dtype(device: str | object, dtype: object = None):
     """The ``torch.dtype`` a model is loaded in: the one asked for, else fp16 on CUDA (or anywhere when
-    ``$BGEKIT_FORCE_FP16=1``), else fp32. The one place the Encoder, the Reranker and training pick a dtype.
+    ``$BGEKIT_FORCE_FP16=1``), else fp32. The one place the Embedder, the Reranker and training pick a dtype.
 
     Args:
         device: a ``torch.device`` or device string.

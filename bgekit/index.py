@@ -1,6 +1,6 @@
 """``DenseIndex``: a faiss vector index with string ids, exact or approximate, saved atomically.
 
-Scores are inner products. With L2-normalised vectors (what ``Encoder`` returns by default)
+Scores are inner products. With L2-normalised vectors (what ``Embedder`` returns by default)
 the inner product *is* the cosine similarity.
 
 Kinds and their knobs:

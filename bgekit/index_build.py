@@ -152,14 +152,14 @@ class _Dist:
 
 
 def _encoder(model: str | None, device: str | None, dist: _Dist, **kw: Any):
-    from bgekit.encoder import Encoder
+    from bgekit.embedder import Embedder
 
     if device is None and dist.world > 1:
         import torch
 
         if torch.cuda.is_available():
             device = f"cuda:{dist.local_rank}"
-    return Encoder(model, device=device, **{k: v for k, v in kw.items() if v is not None})
+    return Embedder(model, device=device, **{k: v for k, v in kw.items() if v is not None})
 
 
 def build_index(data: str | os.PathLike, out: str | os.PathLike, model: str | None = None, *, kind: str = "flat",
@@ -175,7 +175,7 @@ def build_index(data: str | os.PathLike, out: str | os.PathLike, model: str | No
         kind, knobs: the :class:`~bgekit.index.DenseIndex` kind and its knobs.
         shard_size: documents per shard (the unit of work, of resuming, and of bitwise equality
             between runs with different numbers of processes).
-        batch_size, max_length, dtype, truncate_dim, device: passed to :class:`~bgekit.encoder.Encoder`.
+        batch_size, max_length, dtype, truncate_dim, device: passed to :class:`~bgekit.embedder.Embedder`.
 
     Returns:
         The saved index folder (``OUT/index``) on rank 0, ``None`` on the other ranks.

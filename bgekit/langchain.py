@@ -1,4 +1,4 @@
-"""A light LangChain adapter: bgekit's :class:`~bgekit.encoder.Encoder` as LangChain ``Embeddings``.
+"""A light LangChain adapter: bgekit's :class:`~bgekit.embedder.Embedder` as LangChain ``Embeddings``.
 
 LangChain has its own BGE wrapper; this one uses the course's encoder, so the pooling, the
 query instruction and the normalisation are exactly those the rest of the course uses.
@@ -34,12 +34,12 @@ __all__ = ["BGEEmbeddings", "HAVE_LANGCHAIN"]
 
 
 class BGEEmbeddings(_Base):  # type: ignore[misc,valid-type]
-    """LangChain ``Embeddings`` over a bgekit ``Encoder``.
+    """LangChain ``Embeddings`` over a bgekit ``Embedder``.
 
     Args:
-        encoder: an existing :class:`bgekit.Encoder` (or any :class:`~bgekit.types.EmbedderLike`); if None,
+        encoder: an existing :class:`bgekit.Embedder` (or any :class:`~bgekit.types.EmbedderLike`); if None,
             one is built from ``model_name_or_path`` and ``encoder_kw`` (default: the course's embedder).
-        query_instruction: override the model's query instruction (``""`` for none).
+        query_instruction_for_retrieval: override the model's query instruction (``""`` for none).
         batch_size: texts per forward pass.
 
     Example::
@@ -52,18 +52,18 @@ class BGEEmbeddings(_Base):  # type: ignore[misc,valid-type]
         self,
         encoder: EmbedderLike | None = None,
         model_name_or_path: str | None = None,
-        query_instruction: str | None = None,
+        query_instruction_for_retrieval: str | None = None,
         batch_size: int | None = None,
         **encoder_kw: Any,
     ) -> None:
         if encoder is None:
-            from .encoder import Encoder
+            from .embedder import Embedder
 
-            encoder = Encoder(model_name_or_path, **encoder_kw)
+            encoder = Embedder(model_name_or_path, **encoder_kw)
         elif model_name_or_path is not None or encoder_kw:
             raise ValueError("pass either encoder=... or model_name_or_path/encoder options, not both")
         self.encoder = encoder
-        self.query_instruction = query_instruction
+        self.query_instruction_for_retrieval = query_instruction_for_retrieval
         self.batch_size = batch_size
 
     def __repr__(self) -> str:
@@ -84,5 +84,6 @@ class BGEEmbeddings(_Base):  # type: ignore[misc,valid-type]
         """Embed a search query (with the model's query instruction, unless overridden)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        vec = self.encoder.encode_queries([text], instruction=self.query_instruction, batch_size=self.batch_size)[0]
+        vec = self.encoder.encode_queries([text], query_instruction_for_retrieval=self.query_instruction_for_retrieval,
+                                          batch_size=self.batch_size)[0]
         return [float(x) for x in vec]

@@ -13,7 +13,7 @@ the first model's.
 >>> import bgekit
 >>> from bgekit.merging import merge_models
 >>> out = merge_models(["ft_model", "BAAI/bge-large-en-v1.5"], [0.5, 0.5], "merged")  # doctest: +SKIP
->>> bgekit.Encoder(out)                                                                 # doctest: +SKIP
+>>> bgekit.Embedder(out)                                                                 # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def _check_tokenizers(names: Sequence[str]) -> Any:
 
 def _check_settings(names: Sequence[str], specs: Sequence[_models.ModelSpec]) -> None:
     """Warn when pooling, normalisation or query instruction differ; the merged folder keeps the first's."""
-    for field in ("pooling", "normalize", "query_instruction"):
+    for field in ("pooling", "normalize", "query_instruction_for_retrieval"):
         values = [getattr(sp, field) for sp in specs]
         if any(v != values[0] for v in values[1:]):
             listed = ", ".join(f"{n!r}: {v!r}" for n, v in zip(names, values))
@@ -201,7 +201,7 @@ def merge_models(models: Sequence[str | os.PathLike], weights: Sequence[float],
 
     ``weights`` are normalised to sum to 1. The tokenizer and the pooling/instruction metadata are
     taken from the first model. The folder is written atomically (a failed merge leaves any old
-    ``output_dir`` untouched) and loads with ``bgekit.Encoder``, ``transformers`` and
+    ``output_dir`` untouched) and loads with ``bgekit.Embedder``, ``transformers`` and
     sentence-transformers.
 
     Raises:

@@ -242,11 +242,11 @@ class MiningReport:
 def _as_encoder(model: Any, batch_size: int | None):
     if hasattr(model, "encode_queries") and hasattr(model, "encode"):
         return model
-    from .encoder import Encoder
+    from .embedder import Embedder
 
     if model is not None and not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model_name_or_path must be a model name, a folder or an Encoder, got {type(model).__name__}")
-    return Encoder(model, **({"batch_size": batch_size} if batch_size else {}))
+        raise TypeError(f"model_name_or_path must be a model name, a folder or an Embedder, got {type(model).__name__}")
+    return Embedder(model, **({"batch_size": batch_size} if batch_size else {}))
 
 
 def _as_reranker(reranker: Any):
@@ -294,7 +294,7 @@ class HardNegativeMiner:
         self.pool, self._pool_index = _dedupe(pool_texts)
         self._model = model_name_or_path
         self._encoder: Any = None
-        self.query_instruction = query_instruction_for_retrieval or ""
+        self.query_instruction_for_retrieval = query_instruction_for_retrieval or ""
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.use_gpu_for_searching = use_gpu_for_searching
@@ -305,7 +305,7 @@ class HardNegativeMiner:
 
     @property
     def encoder(self) -> Any:
-        """The :class:`bgekit.Encoder` (loaded on first use when a name or folder was given)."""
+        """The :class:`bgekit.Embedder` (loaded on first use when a name or folder was given)."""
         if self._encoder is None:
             self._encoder = _as_encoder(self._model, self.batch_size)
         return self._encoder
@@ -324,7 +324,8 @@ class HardNegativeMiner:
         self._row_q = np.array([q_index[normalize_text(r["query"])] for r in self.rows], dtype=np.int64)
         logger.info("mining: %d rows (%d unique queries), pool of %d texts", len(self.rows), len(q_texts),
                     len(self.pool))
-        self.q_vecs = self.encoder.encode_queries(q_texts, instruction=self.query_instruction, **kw)
+        self.q_vecs = self.encoder.encode_queries(
+            q_texts, query_instruction_for_retrieval=self.query_instruction_for_retrieval, **kw)
         self.pool_vecs = self.encoder.encode(self.pool, **kw)
         # positives that are not in the pool (a custom candidate_pool) are encoded too, for their scores
         missing, _ = _dedupe([p for r in self.rows for p in r["pos"] if normalize_text(p) not in self._pool_index])
@@ -564,15 +565,15 @@ def mine_hard_negatives(model_name_or_path: Any, input_file: str | os.PathLike |
                         batch_size: int | None = None, show_progress: bool | None = None) -> MiningReport:
     """Mine hard negatives with FlagEmbedding ``hn_mine``'s arguments; returns a :class:`MiningReport`.
 
-    ``model_name_or_path``: a model name/folder or an :class:`bgekit.Encoder`. ``input_file``: a
+    ``model_name_or_path``: a model name/folder or an :class:`bgekit.Embedder`. ``input_file``: a
     training JSONL path (or a list of row dicts). ``candidate_pool``: a JSONL of ``{"text"}`` (or a
     list of strings); default every ``pos``/``neg`` of the input. ``range_for_sampling``: ``"a-b"``.
     ``query_instruction_for_retrieval``: prefix for the queries; ``None`` = none (hn_mine's default);
-    pass the model's (``encoder.query_instruction``) for BGE. ``margin``/``reranker``: the guard
+    pass the model's (``encoder.query_instruction_for_retrieval``) for BGE. ``margin``/``reranker``: the guard
     (see the module docstring). The output is written atomically; each row's ``neg`` is replaced.
 
-    >>> from bgekit import Encoder
-    >>> report = mine_hard_negatives(Encoder(), "train.jsonl", "mined.jsonl", "2-100", 7,
+    >>> from bgekit import Embedder
+    >>> report = mine_hard_negatives(Embedder(), "train.jsonl", "mined.jsonl", "2-100", 7,
     ...                              margin=0.05)   # doctest: +SKIP
     >>> report.padded_rows, report.dropped_by_margin   # doctest: +SKIP
     """
@@ -623,6 +624,8 @@ def mine_course_train_split(model_name_or_path: Any, output_file: str | os.PathL
     """
     rows, pool = course_train_rows(data_dir, split)
     encoder = _as_encoder(model_name_or_path, kw.pop("batch_size", None))
-    instr = encoder.query_instruction if query_instruction_for_retrieval == "model" else query_instruction_for_retrieval
+    instr = query_instruction_for_retrieval
+    if instr == "model":
+        instr = encoder.query_instruction_for_retrieval
     return mine_hard_negatives(encoder, rows, output_file, range_for_sampling, negative_number, pool,
                                query_instruction_for_retrieval=instr, seed=seed, margin=margin, **kw)

@@ -46,7 +46,7 @@ class ModelSpec:
     name: str
     kind: Literal["embedder", "reranker"] = "embedder"
     pooling: Pooling = "cls"
-    query_instruction: str = ""
+    query_instruction_for_retrieval: str = ""
     dim: int | None = None
     max_length: int = 512
     normalize: bool = True
@@ -54,6 +54,11 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def query_instruction(self) -> str:
+        """The legacy name of :attr:`query_instruction_for_retrieval`."""
+        return self.query_instruction_for_retrieval
 
 
 def _bge(name: str, dim: int) -> ModelSpec:
@@ -133,7 +138,9 @@ def _spec_from_folder(folder: Path, name: str) -> ModelSpec | None:
     """Read pooling and instruction from metadata a folder carries (bgekit's own, or sentence-transformers')."""
     meta = _read_json(folder / METADATA_FILE)
     if meta:
-        keys = ("kind", "pooling", "query_instruction", "dim", "max_length", "normalize")
+        keys = ("kind", "pooling", "query_instruction_for_retrieval", "dim", "max_length", "normalize")
+        if "query_instruction" in meta:   # folders written by bgekit < 0.5
+            meta.setdefault("query_instruction_for_retrieval", meta.pop("query_instruction"))
         fields = {k: meta[k] for k in keys if k in meta}
         return ModelSpec(name=name, known=True, **fields)
     pool = _read_json(folder / "1_Pooling" / "config.json")
@@ -145,7 +152,7 @@ def _spec_from_folder(folder: Path, name: str) -> ModelSpec | None:
         instr = prompts.get("query", "") if isinstance(prompts, dict) else ""
         modules = _read_json(folder / "modules.json") or []
         normalize = any("Normalize" in m.get("type", "") for m in modules) if modules else True
-        return ModelSpec(name=name, pooling=pooling, query_instruction=instr,
+        return ModelSpec(name=name, pooling=pooling, query_instruction_for_retrieval=instr,
                          dim=pool.get("word_embedding_dimension"),
                          max_length=int(sbert.get("max_seq_length", 512)), normalize=normalize)
     return None
@@ -174,7 +181,7 @@ def get_spec(name_or_path: str | os.PathLike) -> ModelSpec:
         if cfg.get("architectures") and any("SequenceClassification" in a for a in cfg["architectures"]):
             return ModelSpec(s, "reranker", "cls", "", None, 512, False, known=False)
     logger.warning("No pooling settings known for %r: using CLS pooling and L2 normalisation, no query "
-                   "instruction. Pass pooling=/query_instruction= to override.", s)
+                   "instruction. Pass pooling=/query_instruction_for_retrieval= to override.", s)
     return ModelSpec(name=s, pooling="cls", known=False)
 
 
@@ -218,8 +225,8 @@ def save_model_metadata(output_dir: str | os.PathLike, spec: ModelSpec, dim: int
     atomic_write_json(out / "modules.json", modules)
     atomic_write_json(out / "sentence_bert_config.json", {"max_seq_length": spec.max_length, "do_lower_case": False})
     atomic_write_json(out / "config_sentence_transformers.json",
-                      {"prompts": {"query": spec.query_instruction, "document": ""}, "default_prompt_name": None,
-                       "similarity_fn_name": "cosine"})
+                      {"prompts": {"query": spec.query_instruction_for_retrieval, "document": ""},
+                       "default_prompt_name": None, "similarity_fn_name": "cosine"})
     atomic_write_json(out / "1_Pooling" / "config.json", {
         "word_embedding_dimension": dim,
         "pooling_mode_cls_token": spec.pooling == "cls",

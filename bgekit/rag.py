@@ -11,12 +11,12 @@ it actually draws on (attribution) and to flag answers that match none of them.
 
 Example::
 
-    from bgekit import Encoder, Reranker
+    from bgekit import Embedder, Reranker
     from bgekit.retrieval import DenseRetriever
     from bgekit.llm import local_server
     from bgekit import rag
 
-    enc = Encoder()
+    enc = Embedder()
     retriever = DenseRetriever(enc, corpus)
     with local_server() as llm:
         res = rag.answer("What causes tides?", retriever, llm, encoder=enc)

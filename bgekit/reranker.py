@@ -55,7 +55,7 @@ from . import models
 from ._batching import model_inputs, run_length_sorted
 from .config import default_device, get_mode, model_dtype
 from .data import doc_text
-from .encoder import warn_truncated
+from .embedder import warn_truncated
 from .fusion import FUSION_WEIGHTS, fuse_scores, tune_fusion_weight  # their home is bgekit.fusion; importable here too
 from .metrics import rank_documents, rank_order
 
@@ -189,7 +189,7 @@ class Reranker:
     def __init__(self, model_name_or_path: str | os.PathLike | None = None, device: str | None = None,
                  max_length: int | None = None, dtype: str | torch.dtype | None = None, batch_size: int = 32, *,
                  max_query_length: int | None = None, show_progress: bool | None = None,
-                 mode: str | None = None, backend: str = "torch", quantize: str | None = None,
+                 backend: str = "torch", quantize: str | None = None,
                  cache_dir: str | os.PathLike | None = None, calibration_texts: Sequence[str] | None = None) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -198,14 +198,14 @@ class Reranker:
         backend, quantize, device = backends.resolve_backend(backend, quantize, device, dtype)
         self.backend, self.quantize = backend, quantize
 
-        name = os.fspath(model_name_or_path) if model_name_or_path is not None else default_reranker(mode)
+        name = os.fspath(model_name_or_path) if model_name_or_path is not None else default_reranker()
         name = str(name)
         self.name = name
         spec = models.get_spec(name) if (name in models.REGISTRY or os.path.isdir(name)) else None
         if spec is not None and spec.kind == "embedder" and spec.known:
             raise ValueError(
                 f"{name!r} is an embedder (a bi-encoder: one vector per text), not a cross-encoder: it has no "
-                "trained head to score (query, passage) pairs. Use bgekit.Encoder for it, or train a reranker "
+                "trained head to score (query, passage) pairs. Use bgekit.Embedder for it, or train a reranker "
                 "from it with bgekit.training.train_reranker."
             )
         self.device = torch.device(device or default_device())

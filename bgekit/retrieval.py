@@ -1,4 +1,4 @@
-"""Retrieval in one call: dense search (Encoder + faiss), BM25 (``bm25s``) and hybrid fusion (RRF).
+"""Retrieval in one call: dense search (Embedder + faiss), BM25 (``bm25s``) and hybrid fusion (RRF).
 
 Every retriever has the same two entry points::
 
@@ -32,10 +32,10 @@ then doc id descending, as ``trec_eval``), so ``search(q, k)`` is always the fir
 
 Example::
 
-    >>> from bgekit import Encoder, load_beir
+    >>> from bgekit import Embedder, load_beir
     >>> from bgekit.retrieval import DenseRetriever, BM25Retriever, HybridRetriever
     >>> data = load_beir("data", split="test")                       # doctest: +SKIP
-    >>> dense = DenseRetriever(Encoder(), data.corpus)               # doctest: +SKIP
+    >>> dense = DenseRetriever(Embedder(), data.corpus)               # doctest: +SKIP
     >>> bm25 = BM25Retriever(data.corpus)                            # doctest: +SKIP
     >>> hybrid = HybridRetriever([dense, bm25])                      # doctest: +SKIP
     >>> hybrid.search(["my basil keeps wilting"], k=3)               # doctest: +SKIP
@@ -220,21 +220,21 @@ class Retriever:
 # dense
 # --------------------------------------------------------------------------------------------
 class DenseRetriever(Retriever):
-    """Embed a corpus with an :class:`~bgekit.encoder.Encoder`, index it in a :class:`~bgekit.index.DenseIndex`,
+    """Embed a corpus with an :class:`~bgekit.embedder.Embedder`, index it in a :class:`~bgekit.index.DenseIndex`,
     and search it with embedded queries (inner product of L2-normalised vectors = cosine similarity).
 
     Args:
-        encoder: an ``Encoder``, or a model name / folder to build one from (``None``: the default model).
+        encoder: an ``Embedder``, or a model name / folder to build one from (``None``: the default model).
         corpus: ``{doc_id: {"title", "text"}}`` or ``{doc_id: str}`` (or a list of strings, ids "0", "1", ...).
         index_kind: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"`` (approximate); ``index_knobs`` go to ``DenseIndex``.
         batch_size: encoding batch size (``None``: the encoder's).
-        query_instruction: overrides the model's query instruction (``""`` for none; ``None``: the model's).
+        query_instruction_for_retrieval: overrides the model's query instruction (``""``: none; ``None``: the model's).
         show_progress: progress bar while encoding the corpus (``None``: the encoder's default).
         embeddings: precomputed corpus embeddings (n, dim) in corpus order, to skip encoding.
         cache_dir: keep the corpus embeddings in this folder (:mod:`bgekit.cache`): they are reused
             whenever the same model weights, settings and texts come again (another notebook, a rerun).
 
-    >>> dense = DenseRetriever(Encoder(), {"d1": "Water succulents sparingly."})  # doctest: +SKIP
+    >>> dense = DenseRetriever(Embedder(), {"d1": "Water succulents sparingly."})  # doctest: +SKIP
     >>> dense.search(["how often do I water a cactus"], k=1)                     # doctest: +SKIP
     [[('d1', 0.58)]]
     """
@@ -245,7 +245,7 @@ class DenseRetriever(Retriever):
         corpus: Mapping[str, Document] | Sequence[str],
         index_kind: str = "flat",
         batch_size: int | None = None,
-        query_instruction: str | None = None,
+        query_instruction_for_retrieval: str | None = None,
         show_progress: bool | None = None,
         embeddings: np.ndarray | None = None,
         cache_dir: str | Path | None = None,
@@ -254,14 +254,14 @@ class DenseRetriever(Retriever):
         from bgekit.index import DenseIndex
 
         if encoder is None or isinstance(encoder, (str, Path)):
-            from bgekit.encoder import Encoder
+            from bgekit.embedder import Embedder
 
-            encoder = Encoder(encoder)
+            encoder = Embedder(encoder)
         self.encoder = encoder
         self.corpus = _as_corpus(corpus)
         self.doc_ids = list(self.corpus)
         self.batch_size = batch_size
-        self.query_instruction = query_instruction
+        self.query_instruction_for_retrieval = query_instruction_for_retrieval
         self.show_progress = show_progress
         self.index_kind = index_kind
         if embeddings is not None and cache_dir is not None:
@@ -300,8 +300,8 @@ class DenseRetriever(Retriever):
         """Query embeddings (with the model's query instruction unless overridden)."""
         kw = self._encode_kwargs()
         kw["show_progress"] = False if self.show_progress is None else self.show_progress
-        if self.query_instruction is not None:
-            kw["instruction"] = self.query_instruction
+        if self.query_instruction_for_retrieval is not None:
+            kw["query_instruction_for_retrieval"] = self.query_instruction_for_retrieval
         return np.asarray(self.encoder.encode_queries(list(query_texts), **kw), dtype=np.float32)
 
     def search(self, query_texts: Sequence[str], k: int = 10) -> Hits:
@@ -535,7 +535,7 @@ def retrieve_runs(
 
     The hybrid run fuses the top ``hybrid_depth`` of the dense and BM25 runs with :func:`rrf` (the
     same depth for every ``k``, as :class:`HybridRetriever`), so nothing is searched twice.
-    ``encoder_or_model`` is an ``Encoder`` or a model name/folder (only needed for dense and hybrid).
+    ``encoder_or_model`` is an ``Embedder`` or a model name/folder (only needed for dense and hybrid).
     ``ignore_identical_ids`` and ``qrels``: see :meth:`Retriever.run` (off by default).
 
     >>> runs = retrieve_runs(data.corpus, data.queries, "BAAI/bge-small-en-v1.5")  # doctest: +SKIP

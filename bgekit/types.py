@@ -11,7 +11,7 @@ A question travels through four parts, each named here by what it must be able t
 - :data:`Run`: ``{qid: {doc_id: score}}`` (``Retriever.run``, :mod:`bgekit.fusion`, :mod:`bgekit.metrics`);
 - :data:`Qrels`: ``{qid: {doc_id: relevance}}`` (:func:`bgekit.data.load_beir`);
 - :data:`Hits`: ``[[(doc_id, score), ...] per query]`` (``Retriever.search``);
-- :class:`EmbedderLike`: texts -> L2-normalised vectors (:class:`bgekit.encoder.Encoder`);
+- :class:`EmbedderLike`: texts -> L2-normalised vectors (:class:`bgekit.embedder.Embedder`);
 - :class:`RetrieverLike`: queries -> hits over a corpus (:mod:`bgekit.retrieval`);
   :class:`DenseRetrieverLike` also hands out its stored document vectors;
 - :class:`RerankerLike`: (query, passages) -> passages best first (:class:`bgekit.reranker.Reranker`);

@@ -22,7 +22,7 @@
 #
 # **What you will learn**
 # - what BGE, BAAI and FlagEmbedding are, and which member of the BGE family to pick (size, dimension, 512 tokens);
-# - what a sentence embedding is, and how `bgekit.Encoder` produces one (tokenise → transformer → pool → normalise);
+# - what a sentence embedding is, and how `bgekit.Embedder` produces one (tokenise → transformer → pool → normalise);
 # - cosine similarity, and how to read a similarity heatmap;
 # - why BGE pools the **[CLS]** vector, and what goes wrong when you mean-pool a CLS-trained model;
 # - why BGE wants a **query instruction** for short-query-to-passage search (and never on passages);
@@ -76,7 +76,7 @@ cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds
 # An embedding model maps a piece of text to a fixed-length vector of numbers, trained so that texts with similar
 # meaning land close together. BGE-large gives 1,024 numbers per text; the small offline model gives 384.
 #
-# Under the hood `Encoder.encode` does four things, batch by batch:
+# Under the hood `Embedder.encode` does four things, batch by batch:
 # 1. **tokenise** the text into word pieces (with `[CLS]` at the start and `[SEP]` at the end);
 # 2. run the **transformer**, which gives one hidden vector per token;
 # 3. **pool** those token vectors into one vector: BGE takes the `[CLS]` token's vector; all-MiniLM-L6-v2 averages
@@ -113,9 +113,9 @@ cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds
 # %%
 import numpy as np
 
-from bgekit import Encoder, viz
+from bgekit import Embedder, viz
 
-enc = Encoder(cfg.embedder)
+enc = Embedder(cfg.embedder)
 print(enc)
 vecs = enc.encode(["My fern is dropping leaves.", "The basil on my windowsill looks droopy."])
 print("shape:", vecs.shape, "dtype:", vecs.dtype)
@@ -203,9 +203,9 @@ passages = [
     "A south-facing window gives desert plants the several hours of direct sun they need.",
 ]
 P = enc.encode_corpus(passages)
-with_instr = enc.encode_queries([query], instruction=BGE_QUERY_INSTRUCTION) @ P.T
-without = enc.encode_queries([query], instruction="") @ P.T
-print(f"model's own instruction: {enc.query_instruction!r}")
+with_instr = enc.encode_queries([query], query_instruction_for_retrieval=BGE_QUERY_INSTRUCTION) @ P.T
+without = enc.encode_queries([query], query_instruction_for_retrieval="") @ P.T
+print(f"model's own instruction: {enc.query_instruction_for_retrieval!r}")
 print(f"{'passage':<60} {'no instr.':>9} {'with BGE instr.':>15}")
 for p, a, b in zip(passages, without[0], with_instr[0]):
     print(f"{p[:58]:<60} {a:9.3f} {b:15.3f}")
@@ -232,7 +232,7 @@ B = [p["b"] for p in pairs]
 print(len(pairs), "pairs, e.g.:", A[0], "<->", B[0])
 native = enc.pooling
 wrong = "mean" if native == "cls" else "cls"
-enc_wrong = Encoder(cfg.embedder, pooling=wrong)
+enc_wrong = Embedder(cfg.embedder, pooling=wrong)
 
 
 def paraphrase_retrieval(e):
@@ -317,7 +317,7 @@ viz.umap_scatter(enc.encode(texts), labels, title=f"UMAP of {len(texts)} sentenc
 # %% [markdown]
 # ## 7. The same vector four ways: `transformers`, sentence-transformers, LangChain, `bgekit`
 #
-# Nothing in `bgekit.Encoder` is magic: it is the four steps of section 1. To prove it, we encode one query four
+# Nothing in `bgekit.Embedder` is magic: it is the four steps of section 1. To prove it, we encode one query four
 # ways and check that the vectors are equal:
 #
 # 1. **plain `transformers`**: tokenise the instruction + query, run the model, take the `[CLS]` vector (or, for a
@@ -326,7 +326,7 @@ viz.umap_scatter(enc.encode(texts), labels, title=f"UMAP of {len(texts)} sentenc
 #    versions also have `encode_query`, which uses the prompt a model's config names "query");
 # 3. **LangChain**: `bgekit.langchain.BGEEmbeddings`, a LangChain `Embeddings` (`embed_query`, `embed_documents`)
 #    over the course's encoder, so it plugs into LangChain's vector stores and retrievers;
-# 4. **`bgekit`**: `Encoder.encode_queries`.
+# 4. **`bgekit`**: `Embedder.encode_queries`.
 #
 # In full mode the model is bge-large-en-v1.5 with its own instruction. In small mode MiniLM has no instruction, so
 # to show *where* each library puts one we pass BGE's anyway (the vectors still agree; MiniLM just was not trained
@@ -340,7 +340,7 @@ from bgekit.langchain import HAVE_LANGCHAIN, BGEEmbeddings
 from bgekit.models import resolve_model
 
 query = "cactus turning mushy at the base"
-instruction = enc.query_instruction or BGE_QUERY_INSTRUCTION
+instruction = enc.query_instruction_for_retrieval or BGE_QUERY_INSTRUCTION
 path = resolve_model(cfg.embedder)            # the hub id, or the bundled model's folder in small mode
 
 # 1. plain transformers
@@ -359,11 +359,11 @@ st_model = SentenceTransformer(path, device="cpu")
 v_st = st_model.encode([query], prompt=instruction, normalize_embeddings=True)[0]
 
 # 3. LangChain (bgekit's adapter; a real langchain_core Embeddings when langchain-core is installed)
-lc = BGEEmbeddings(encoder=enc, query_instruction=instruction)
+lc = BGEEmbeddings(encoder=enc, query_instruction_for_retrieval=instruction)
 v_langchain = np.array(lc.embed_query(query), dtype=np.float32)
 
 # 4. bgekit
-v_bgekit = enc.encode_queries([query], instruction=instruction)[0]
+v_bgekit = enc.encode_queries([query], query_instruction_for_retrieval=instruction)[0]
 
 atol = 1e-5 if enc.dtype == torch.float32 else 5e-3   # a GPU encoder runs in fp16
 vectors = {"transformers": v_transformers, "sentence-transformers": v_st, "LangChain": v_langchain,
@@ -413,7 +413,7 @@ instructions = {
 }
 rows = {}
 for name, prefix in instructions.items():
-    Q = enc.encode_queries([course.queries[q] for q in qids], instruction=prefix)
+    Q = enc.encode_queries([course.queries[q] for q in qids], query_instruction_for_retrieval=prefix)
     S = Q @ passages_index.embeddings.T
     top = np.argsort(-S, axis=1)[:, :100]
     run = {q: {passages_index.doc_ids[j]: float(S[i, j]) for j in top[i]} for i, q in enumerate(qids)}
@@ -434,7 +434,7 @@ for name, v in rows.items():
 # `(batch, tokens, dim)`, and the batch's attention mask `(batch, tokens)` (1 for a real token, 0 for padding), and
 # returns L2-normalised sentence vectors `(batch, dim)`, with `pooling="cls"` (the first token's vector) or
 # `pooling="mean"` (the average of the **real** tokens' vectors). The check runs the model on texts of different
-# lengths (so the shorter ones are padded) and compares your vectors with `Encoder`'s for both poolings.
+# lengths (so the shorter ones are padded) and compares your vectors with `Embedder`'s for both poolings.
 #
 # *Hint:* the single-text mean of section 7 (`hidden.mean(dim=1)`) is wrong for a padded batch: padding vectors
 # would count. Multiply by `attention_mask.unsqueeze(-1)`, sum over the tokens, divide by the number of real tokens.
@@ -471,14 +471,14 @@ with check("pooling from hidden states"):
         ref = {enc.pooling: enc, enc_wrong.pooling: enc_wrong}[how].encode(texts)   # sections 1 and 4
         assert mine.shape == ref.shape, f"{how}: shape {mine.shape}, expected {ref.shape}"
         cos = (mine * ref).sum(axis=1)
-        assert cos.min() > 0.999, (f"{how} pooling: cosine with Encoder's vectors {np.round(cos, 4)}"
+        assert cos.min() > 0.999, (f"{how} pooling: cosine with Embedder's vectors {np.round(cos, 4)}"
                                    + (" (do padding tokens count in your mean?)" if how == "mean" else ""))
-    print("your pooling matches Encoder for CLS and mean")
+    print("your pooling matches Embedder for CLS and mean")
 
 # %% [markdown]
 # ## Summary
 #
-# - An embedding model maps text to a vector; `bgekit.Encoder` tokenises, runs the transformer, **pools** and
+# - An embedding model maps text to a vector; `bgekit.Embedder` tokenises, runs the transformer, **pools** and
 #   **normalises**, batching texts by length and returning them in input order.
 # - With normalised vectors, **cosine similarity = inner product**: one matrix product scores everything.
 # - Use the pooling the model was trained with: **CLS for BGE**, mean for all-MiniLM. The registry records it;

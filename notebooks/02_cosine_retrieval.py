@@ -84,7 +84,7 @@ import pandas as pd
 from IPython.display import display
 
 from bgekit.data import load_beir
-from bgekit.encoder import Encoder
+from bgekit.embedder import Embedder
 from bgekit.index import DenseIndex
 from bgekit.metrics import evaluate, evaluate_per_query, format_table
 from bgekit.retrieval import BM25Retriever, DenseRetriever, HybridRetriever, rrf
@@ -101,7 +101,7 @@ MODEL = bgekit.models.display_name(cfg.embedder)   # the setup cell's mode line 
 # $$\cos(a, b) = \frac{a \cdot b}{\lVert a \rVert \, \lVert b \rVert} \in [-1, 1].$$
 #
 # Divide each vector by its length once, $\hat a = a / \lVert a \rVert$, and the formula collapses to
-# a plain inner product: $\hat a \cdot \hat b = \cos(a, b)$. That is why BGE (and `bgekit.Encoder`,
+# a plain inner product: $\hat a \cdot \hat b = \cos(a, b)$. That is why BGE (and `bgekit.Embedder`,
 # by default) returns **L2-normalised** vectors: the division is paid once per passage at indexing
 # time, and scoring one query against a whole corpus becomes a single matrix-vector product, which is
 # what faiss' `IndexFlatIP` ("flat inner product") does very fast.
@@ -109,7 +109,7 @@ MODEL = bgekit.models.display_name(cfg.embedder)   # the setup cell's mode line 
 # Let us check it numerically on the model's raw, unnormalised vectors.
 
 # %%
-encoder = Encoder(cfg.embedder)
+encoder = Embedder(cfg.embedder)
 texts = [
     "My tomato leaves are turning yellow.",
     "The lower leaves of a tomato yellow when the plant runs short of nitrogen.",
@@ -125,7 +125,7 @@ print("vector lengths before normalising:", lengths.round(3))
 print("cosine similarity:\n", cosine.round(4))
 print(f"largest |cosine - inner product of normalised vectors| = {np.abs(cosine - inner).max():.2e}")
 assert np.allclose(cosine, inner, atol=1e-6)
-assert np.allclose(encoder.encode(texts), unit, atol=1e-5)   # Encoder normalises for us by default
+assert np.allclose(encoder.encode(texts), unit, atol=1e-5)   # Embedder normalises for us by default
 
 # %% [markdown]
 # The difference is float32 rounding (the printed value, of the order of $10^{-7}$, float32's precision). Without normalising, an inner product would
@@ -539,7 +539,7 @@ ax.set_title("the long documents: most do not fit")
 plt.tight_layout(); plt.show()
 
 # %% [markdown]
-# **Whole articles, truncated.** Embedding each article as one text is what happens when nobody chunks. `Encoder`
+# **Whole articles, truncated.** Embedding each article as one text is what happens when nobody chunks. `Embedder`
 # cuts every text at the limit and logs how many it cut (the `truncated` line below): a warning worth reading.
 
 # %%

@@ -111,7 +111,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from bgekit import Encoder
+from bgekit import Embedder
 from bgekit.data import load_beir
 from bgekit.metrics import evaluate, evaluate_per_query, format_table
 from bgekit.reranker import Reranker
@@ -119,7 +119,7 @@ from bgekit.retrieval import DenseRetriever
 
 data = load_beir(cfg.data_dir, split="test")
 print(data)
-encoder = Encoder(cfg.embedder)
+encoder = Embedder(cfg.embedder)
 t = time.perf_counter()
 # first stage: embed and index the corpus (the embeddings cached by notebook 02 are reused if they match)
 dense = DenseRetriever(encoder, data.corpus, cache_dir=cfg.work_dir / "embeddings")

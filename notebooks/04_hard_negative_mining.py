@@ -131,12 +131,12 @@ print(f"{sum(map(bool, near_pos))} training queries also have grade-1 (partly re
 # and the pool (without) once, builds an exact faiss index, and then `miner.mine(...)` runs in a blink.
 #
 # A note on the instruction: `hn_mine`'s `--query_instruction_for_retrieval` defaults to *none*, and so
-# does ours. For BGE pass the instruction the model was trained with; `enc.query_instruction` holds it
+# does ours. For BGE pass the instruction the model was trained with; `enc.query_instruction_for_retrieval` holds it
 # (empty for the small model, which has none).
 
 # %%
-enc = bgekit.Encoder(cfg.embedder)
-miner = HardNegativeMiner(enc, rows, pool, query_instruction_for_retrieval=enc.query_instruction)
+enc = bgekit.Embedder(cfg.embedder)
+miner = HardNegativeMiner(enc, rows, pool, query_instruction_for_retrieval=enc.query_instruction_for_retrieval)
 miner.positive_scores(0)  # encodes everything on first use
 print(f"encoded {len(rows)} queries and {len(miner.pool)} passages in {miner.encode_seconds:.1f} s")
 
@@ -504,10 +504,11 @@ first = json.loads(out.read_text().splitlines()[0])
 print(sorted(first), len(first["neg"]), "negatives in the first row")
 
 # %% [markdown]
-# The same from a terminal, with FlagEmbedding's argument names (plus the guard):
+# The same from a terminal, with the argument names of FlagEmbedding's current `scripts/hn_mine.py` (plus the
+# guard); the older names the blog uses (`--model_name_or_path`) are accepted too:
 #
 # ```bash
-# python -m bgekit.mine --model_name_or_path BAAI/bge-large-en-v1.5 \
+# python -m bgekit.mine --embedder_name_or_path BAAI/bge-large-en-v1.5 \
 #     --input_file train.jsonl --output_file train_mined.jsonl \
 #     --candidate_pool corpus_texts.jsonl --range_for_sampling 2-200 --negative_number 15 \
 #     --query_instruction_for_retrieval "Represent this sentence for searching relevant passages: " \

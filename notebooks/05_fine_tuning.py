@@ -87,7 +87,7 @@ import torch
 from IPython.display import display
 
 from bgekit.data import load_beir
-from bgekit.encoder import Encoder
+from bgekit.embedder import Embedder
 from bgekit.merging import merge_models
 from bgekit.metrics import evaluate
 from bgekit.retrieval import DenseRetriever
@@ -287,13 +287,13 @@ METRICS = ["ndcg@10", "recall@10", "mrr@10"]
 
 
 def in_domain(model) -> dict:
-    enc = model if isinstance(model, Encoder) else Encoder(model)
+    enc = model if isinstance(model, Embedder) else Embedder(model)
     run = DenseRetriever(enc, test.corpus).run(test.queries, k=100)
     return evaluate(run, test.qrels, ks=(10,), metrics=("ndcg", "recall", "mrr"))
 
 
 t0 = time.time()
-base_enc = Encoder(BASE)
+base_enc = Embedder(BASE)
 results = {"base": in_domain(base_enc)}
 print(f"base model: nDCG@10 = {results['base']['ndcg@10']:.4f}  ({time.time() - t0:.0f}s)")
 
@@ -307,7 +307,7 @@ print(f"base model: nDCG@10 = {results['base']['ndcg@10']:.4f}  ({time.time() - 
 # `normalize_embeddings` alias `normlized`, `query_instruction_for_retrieval`, ...). It reads and checks
 # the whole training file before it loads the model (a bad line fails at once, naming file and line),
 # and saves a plain Hugging Face folder plus the pooling and query-instruction metadata, so
-# `bgekit.Encoder`, `transformers` and sentence-transformers all load it the same way. The pooling
+# `bgekit.Embedder`, `transformers` and sentence-transformers all load it the same way. The pooling
 # (mean for MiniLM, CLS for BGE) comes from the model registry. Two queries that share an answer are
 # not each other's negatives: a passage with the text of one of the query's own positives is left out
 # of its softmax.
@@ -327,8 +327,8 @@ args = TrainArgs(
     temperature=TAU,
     query_max_len=32,
     passage_max_len=P_LEN,
-    # BGE was trained with its query instruction; MiniLM has none (base_enc.query_instruction == "")
-    query_instruction_for_retrieval=base_enc.query_instruction or None,
+    # BGE was trained with its query instruction; MiniLM has none (base_enc.query_instruction_for_retrieval == "")
+    query_instruction_for_retrieval=base_enc.query_instruction_for_retrieval or None,
     warmup_ratio=0.1,
     fp16=cfg.device == "cuda",
     gradient_checkpointing=not cfg.small,
@@ -371,7 +371,7 @@ print(f"uniform-guess loss log({BATCH}x{GROUP}) = {np.log(BATCH * GROUP):.2f} | 
 # Same test queries, same corpus, same metrics: only the model changed.
 
 # %%
-ft_enc = Encoder(ft_dir)
+ft_enc = Embedder(ft_dir)
 print(ft_enc)
 results["fine-tuned"] = in_domain(ft_enc)
 table = pd.DataFrame(results).T[METRICS]
@@ -451,15 +451,15 @@ print(f"look-alikes: {len(gen_queries)} questions over {len(gen_corpus)} passage
 print("  Q:", looks[0]["queries"][0], "\n  A:", looks[0]["text"], "\n  look-alike:", looks[1]["text"])
 
 
-def general(enc: Encoder) -> dict:
+def general(enc: Embedder) -> dict:
     # the look-alikes: questions vs passages, retrieved with the model's query instruction (as in-domain)
     run = DenseRetriever(enc, gen_corpus).run(gen_queries, k=10)
     return evaluate(run, gen_qrels, ks=(10,), metrics=("ndcg", "mrr"))
 
 
-def paraphrase(enc: Encoder) -> float:
+def paraphrase(enc: Embedder) -> float:
     # symmetric task (sentence vs sentence): no query instruction
-    run = DenseRetriever(enc, pair_corpus, query_instruction="").run(pair_queries, k=10)
+    run = DenseRetriever(enc, pair_corpus, query_instruction_for_retrieval="").run(pair_queries, k=10)
     return evaluate(run, pair_qrels, ks=(10,), metrics=("ndcg",))["ndcg@10"]
 
 
@@ -472,7 +472,7 @@ for w in weights:
         enc, dom = ft_enc, results["fine-tuned"]
     else:
         merged = merge_models([ft_dir, BASE], [w, 1 - w], WORK / f"05_merged_{w:.2f}")
-        enc = Encoder(merged)
+        enc = Embedder(merged)
         dom = in_domain(enc)
         results[f"merged w={w}"] = dom
     sweep.append({"w (fine-tuned share)": w, "in-domain nDCG@10": dom["ndcg@10"],
@@ -545,7 +545,7 @@ print("the general score is highest at w =", best_w, "| it falls from w = 0 to w
 # scheduler, data position and random-number states (the Trainer's checkpoints). `--resume_from_checkpoint latest` continues from
 # the newest one and ends with the same weights as a run that was never interrupted. Then merge and
 # load as above: `merge_models(["bge-large-plants", "BAAI/bge-large-en-v1.5"], [0.5, 0.5], "merged")`,
-# `bgekit.Encoder("merged")`.
+# `bgekit.Embedder("merged")`.
 #
 # The command line parses into the same `TrainArgs`, so it is what `train_embedder(args)` ran here:
 
@@ -635,7 +635,7 @@ with check("in-batch negatives by hand"):
 #   focuses training on the hardest negatives (BAAI trained BGE with 0.01 per the C-Pack paper;
 #   FlagEmbedding's fine-tuning example uses 0.02).
 # - `train_embedder(TrainArgs(...))` / `python -m bgekit.train` (a `transformers.Trainer`) take
-#   FlagEmbedding's arguments and JSONL, check the data before training, and save a plain HF folder that `Encoder`,
+#   FlagEmbedding's arguments and JSONL, check the data before training, and save a plain HF folder that `Embedder`,
 #   `transformers`
 #   and sentence-transformers load with the right pooling and instruction. `torchrun` +
 #   `--negatives_cross_device` shares negatives across GPUs; checkpoints + `--resume_from_checkpoint`

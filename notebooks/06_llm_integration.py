@@ -234,12 +234,12 @@ if saved_url is not None:
 
 # %%
 from bgekit.data import load_beir
-from bgekit.encoder import Encoder
+from bgekit.embedder import Embedder
 from bgekit.retrieval import DenseRetriever
 
 data = load_beir(cfg.data_dir, "test")
 print(data)
-encoder = Encoder(cfg.embedder)
+encoder = Embedder(cfg.embedder)
 retriever = DenseRetriever(encoder, data.corpus, cache_dir=cfg.work_dir / "embeddings")   # cached by notebook 02
 
 # %% [markdown]

@@ -84,12 +84,12 @@ import time
 import numpy as np
 import pandas as pd
 
-from bgekit import DenseRetriever, Encoder, load_beir
+from bgekit import DenseRetriever, Embedder, load_beir
 from bgekit.index import DenseIndex
 from bgekit.metrics import evaluate
 
 data = load_beir(cfg.data_dir, split="test")
-encoder = Encoder(cfg.embedder)
+encoder = Embedder(cfg.embedder)
 dense = DenseRetriever(encoder, data.corpus, cache_dir=cfg.work_dir / "embeddings")
 doc_ids, doc_vecs = dense.doc_ids, dense.embeddings
 qids = list(data.queries)
@@ -114,7 +114,7 @@ print(f"{len(doc_ids)} passages, {len(qids)} test queries, {encoder.dim}-d vecto
 # The transformer forward pass is where the time goes. Three runtimes can execute the same weights:
 # **PyTorch** (what we used so far), **ONNX Runtime** and **OpenVINO** (Intel's runtime, often the fastest on
 # Intel CPUs). Each can also run an **int8** model, whose matrix products use 8-bit integers: faster, but the
-# vectors move a little. `bgekit.Encoder(..., backend=..., quantize=...)` keeps everything else identical (the
+# vectors move a little. `bgekit.Embedder(..., backend=..., quantize=...)` keeps everything else identical (the
 # same tokenisation, length-sorted batching, pooling, normalisation and query instruction), so the vectors can be
 # compared one to one with the PyTorch fp32 ones.
 #
@@ -140,7 +140,7 @@ backend_rows = []
 for backend, quantize in [("torch", None), ("onnx", None), ("onnx", "int8"), ("openvino", None), ("openvino", "int8")]:
     name = backend + (f" {quantize}" if quantize else " fp32")
     try:
-        enc = encoder if backend == "torch" else Encoder(cfg.embedder, backend=backend, quantize=quantize)
+        enc = encoder if backend == "torch" else Embedder(cfg.embedder, backend=backend, quantize=quantize)
     except (ImportError, TypeError) as e:  # not installed, or a bgekit without this backend
         backend_rows.append({"backend": name, "ran": "no", "note": f"{type(e).__name__}: {str(e)[:70]}"})
         continue
@@ -313,7 +313,7 @@ with quality_claim("binary search with rescoring keeps 99% of float nDCG@10"):
 # %% [markdown]
 # ## 5. What truncation costs
 #
-# Another way to shrink vectors is to keep only their first `d` dimensions (`Encoder(..., truncate_dim=d)`, as in
+# Another way to shrink vectors is to keep only their first `d` dimensions (`Embedder(..., truncate_dim=d)`, as in
 # sentence-transformers). Models trained with a *Matryoshka* loss put the most important information in the first
 # dimensions, so truncating them costs little. **BGE v1.5 was not trained that way** (nor was MiniLM): nothing
 # says the first dimensions matter more than the others, so expect a steady loss. Because normalising commutes
@@ -322,7 +322,7 @@ with quality_claim("binary search with rescoring keeps 99% of float nDCG@10"):
 
 # %%
 cut = min(128, encoder.dim // 2)   # 128 of MiniLM's 384 (or bge-large's 1,024) dimensions
-small_enc = Encoder(cfg.embedder, truncate_dim=cut)
+small_enc = Embedder(cfg.embedder, truncate_dim=cut)
 direct = small_enc.encode(sample[:8])
 sliced = ref[:8, :cut] / np.linalg.norm(ref[:8, :cut], axis=1, keepdims=True)
 print(f"truncate_dim={cut} equals the re-normalised slice:", np.allclose(direct, sliced, atol=1e-5))
@@ -405,8 +405,8 @@ if cfg.device == "cuda":
     import torch
 
     texts = [dense.doc_text(d) for d in doc_ids[:512]]
-    fp32 = Encoder(cfg.embedder, dtype="fp32")
-    fp16 = Encoder(cfg.embedder)   # fp16 on CUDA
+    fp32 = Embedder(cfg.embedder, dtype="fp32")
+    fp16 = Embedder(cfg.embedder)   # fp16 on CUDA
     v32, v16 = fp32.encode(texts), fp16.encode(texts)
     for name, enc in (("fp32", fp32), ("fp16", fp16)):
         torch.cuda.synchronize()

@@ -18,6 +18,6 @@ def minilm_path():
 
 @pytest.fixture(scope="session")
 def encoder(minilm_path):
-    from bgekit import Encoder
+    from bgekit import Embedder
 
-    return Encoder(minilm_path, device="cpu")
+    return Embedder(minilm_path, device="cpu")

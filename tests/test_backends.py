@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
 from bgekit import backends
-from bgekit.encoder import Encoder
+from bgekit.embedder import Embedder
 from bgekit.models import ModelSpec, save_model_metadata
 from bgekit.reranker import Reranker
 
@@ -67,7 +67,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_vectors(tiny_dir):
-    return Encoder(tiny_dir, device="cpu").encode(TEXTS, batch_size=2)
+    return Embedder(tiny_dir, device="cpu").encode(TEXTS, batch_size=2)
 
 
 def _cos(a, b):
@@ -78,7 +78,7 @@ def _cos(a, b):
 def test_backend_vectors_match_torch(tiny_dir, cache, torch_vectors, backend, quantize):
     if not _have(backend):
         pytest.skip(f"{backend} not installed")
-    enc = Encoder(tiny_dir, backend=backend, quantize=quantize, cache_dir=cache, calibration_texts=TEXTS * 4)
+    enc = Embedder(tiny_dir, backend=backend, quantize=quantize, cache_dir=cache, calibration_texts=TEXTS * 4)
     for bs in (1, 2, 8):  # padded and unpadded batches, length-sorted like the torch path
         out = enc.encode(TEXTS, batch_size=bs)
         assert out.shape == torch_vectors.shape and out.dtype == np.float32
@@ -93,8 +93,8 @@ def test_backend_vectors_match_torch(tiny_dir, cache, torch_vectors, backend, qu
 def test_queries_use_the_instruction(tiny_dir, cache, backend, quantize):
     if not _have(backend):
         pytest.skip(f"{backend} not installed")
-    ref = Encoder(tiny_dir, device="cpu", query_instruction="query: ")
-    enc = Encoder(tiny_dir, backend=backend, cache_dir=cache, query_instruction="query: ")
+    ref = Embedder(tiny_dir, device="cpu", query_instruction_for_retrieval="query: ")
+    enc = Embedder(tiny_dir, backend=backend, cache_dir=cache, query_instruction_for_retrieval="query: ")
     a, b = enc.encode_queries(TEXTS[:3]), ref.encode_queries(TEXTS[:3])
     assert _cos(a, b).min() >= 0.9999
     assert _cos(a, enc.encode(TEXTS[:3])).min() < 0.9999  # the instruction changed the vectors
@@ -116,8 +116,8 @@ def test_export_cache_reused_and_invalidated(tiny_dir, tmp_path, monkeypatch, to
     real = backends.export_model
     monkeypatch.setattr(backends, "export_model", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     cache = tmp_path / "c"
-    a = Encoder(tiny_dir, backend="onnx", cache_dir=cache).encode(TEXTS)
-    b = Encoder(tiny_dir, backend="onnx", cache_dir=cache).encode(TEXTS)
+    a = Embedder(tiny_dir, backend="onnx", cache_dir=cache).encode(TEXTS)
+    b = Embedder(tiny_dir, backend="onnx", cache_dir=cache).encode(TEXTS)
     assert calls == ["onnx"]  # the second encoder reused the folder
     np.testing.assert_array_equal(a, b)
     assert len(list(cache.iterdir())) == 1
@@ -133,30 +133,30 @@ def test_export_cache_reused_and_invalidated(tiny_dir, tmp_path, monkeypatch, to
             (changed / f.name).write_bytes(f.read_bytes())
     (changed / "1_Pooling").mkdir(exist_ok=True)
     (changed / "1_Pooling" / "config.json").write_bytes((tiny_dir / "1_Pooling" / "config.json").read_bytes())
-    c = Encoder(changed, backend="onnx", cache_dir=cache).encode(TEXTS)
+    c = Embedder(changed, backend="onnx", cache_dir=cache).encode(TEXTS)
     assert calls == ["onnx", "onnx"] and len(list(cache.iterdir())) == 2
-    ref_changed = Encoder(changed, device="cpu").encode(TEXTS)
+    ref_changed = Embedder(changed, device="cpu").encode(TEXTS)
     assert _cos(c, ref_changed).min() >= 0.9999
     # the new export follows the new weights, not the old ones (far beyond the export's own error)
     assert 1 - _cos(c, torch_vectors).min() > 10 * (1 - _cos(c, ref_changed).min())
 
     # int8 is its own entry
-    Encoder(tiny_dir, backend="onnx", quantize="int8", cache_dir=cache)
+    Embedder(tiny_dir, backend="onnx", quantize="int8", cache_dir=cache)
     assert calls[-1] == "onnx" and len(calls) == 3 and len(list(cache.iterdir())) == 3
 
 
 def test_damaged_export_is_made_again(tiny_dir, tmp_path, caplog, torch_vectors):
     cache = tmp_path / "c"
-    Encoder(tiny_dir, backend="onnx", cache_dir=cache)
+    Embedder(tiny_dir, backend="onnx", cache_dir=cache)
     (folder,) = list(cache.iterdir())
     (folder / "model.onnx").write_bytes(b"not an onnx file")
     with caplog.at_level("WARNING", logger="bgekit.backends"):
-        out = Encoder(tiny_dir, backend="onnx", cache_dir=cache).encode(TEXTS)
+        out = Embedder(tiny_dir, backend="onnx", cache_dir=cache).encode(TEXTS)
     assert "exporting again" in caplog.text
     assert _cos(out, torch_vectors).min() >= 0.9999
     (folder / "bgekit_export.json").write_text("{ truncated")
     with caplog.at_level("WARNING", logger="bgekit.backends"):
-        out = Encoder(tiny_dir, backend="onnx", cache_dir=cache).encode(TEXTS)
+        out = Embedder(tiny_dir, backend="onnx", cache_dir=cache).encode(TEXTS)
     assert "ignoring the export" in caplog.text
     assert json.loads((folder / "bgekit_export.json").read_text())["backend"] == "onnx"
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary folders left
@@ -165,9 +165,9 @@ def test_damaged_export_is_made_again(tiny_dir, tmp_path, caplog, torch_vectors)
 def test_cache_key_separates_backends(tiny_dir, cache):
     from bgekit.cache import corpus_key
 
-    keys = {corpus_key(Encoder(tiny_dir, device="cpu"), TEXTS),
-            corpus_key(Encoder(tiny_dir, backend="onnx", cache_dir=cache), TEXTS),
-            corpus_key(Encoder(tiny_dir, backend="onnx", quantize="int8", cache_dir=cache), TEXTS)}
+    keys = {corpus_key(Embedder(tiny_dir, device="cpu"), TEXTS),
+            corpus_key(Embedder(tiny_dir, backend="onnx", cache_dir=cache), TEXTS),
+            corpus_key(Embedder(tiny_dir, backend="onnx", quantize="int8", cache_dir=cache), TEXTS)}
     assert len(keys) == 3
 
 
@@ -180,7 +180,7 @@ def test_cache_key_separates_backends(tiny_dir, cache):
 ])
 def test_bad_backend_arguments(tiny_dir, tmp_path, kw, msg):
     with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-        Encoder(tiny_dir, cache_dir=tmp_path, **kw)
+        Embedder(tiny_dir, cache_dir=tmp_path, **kw)
     assert not list(tmp_path.iterdir())  # nothing written
 
 
@@ -195,7 +195,7 @@ def test_missing_backend_names_the_extra(tiny_dir, tiny_reranker_dir, tmp_path, 
 
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(ImportError, match=r"pip install 'bgekit\[onnx\]'"):
-        Encoder(tiny_dir, backend="onnx", cache_dir=tmp_path)
+        Embedder(tiny_dir, backend="onnx", cache_dir=tmp_path)
     with pytest.raises(ImportError, match=r"pip install 'bgekit\[openvino\]'"):
         Reranker(tiny_reranker_dir, backend="openvino", cache_dir=tmp_path)
 
@@ -228,6 +228,6 @@ def test_int8_minilm_keeps_ndcg_on_course_test_split(minilm_path, tmp_path_facto
         run = {q: {d: float(s) for d, s in zip(r, sc)} for q, r, sc in zip(qids, found, scores)}
         return evaluate(run, data.qrels, ks=(10,), metrics=("ndcg",))["ndcg@10"]
 
-    base = ndcg(Encoder(minilm_path, device="cpu"))
-    q8 = ndcg(Encoder(minilm_path, backend=backend, quantize="int8", cache_dir=tmp_path_factory.mktemp("x")))
+    base = ndcg(Embedder(minilm_path, device="cpu"))
+    q8 = ndcg(Embedder(minilm_path, backend=backend, quantize="int8", cache_dir=tmp_path_factory.mktemp("x")))
     assert base - q8 <= max_loss, (base, q8)

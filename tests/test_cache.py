@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bgekit.cache import cached_embeddings, corpus_key, model_fingerprint
-from bgekit.encoder import Encoder
+from bgekit.embedder import Embedder
 from bgekit.retrieval import DenseRetriever
 
 CORPUS = {
@@ -45,9 +45,9 @@ def test_key_changes_with_texts_settings_and_weights(encoder, minilm_path):
     assert corpus_key(encoder, texts[::-1]) != base
     assert corpus_key(encoder, ["one passageanother", " passage"]) != base    # boundaries count, not just bytes
     assert corpus_key(encoder, texts, max_length=32) != base
-    other = Encoder(minilm_path, max_length=64)
+    other = Embedder(minilm_path, max_length=64)
     assert corpus_key(other, texts) != base                                   # same weights, other token budget
-    same = Encoder(minilm_path)
+    same = Embedder(minilm_path)
     assert corpus_key(same, texts) == base                                    # a fresh load of the same folder
     with torch.no_grad():
         next(same.model.parameters()).view(-1)[0] += 1e-3                      # one weight, one step of "training"
@@ -55,7 +55,7 @@ def test_key_changes_with_texts_settings_and_weights(encoder, minilm_path):
 
 
 def test_fingerprint_sees_every_parameter(minilm_path):
-    enc = Encoder(minilm_path)
+    enc = Embedder(minilm_path)
     before = model_fingerprint(enc.model, enc.tokenizer)
     assert before == model_fingerprint(enc.model, enc.tokenizer)
     assert model_fingerprint(enc.model) != before                             # the tokenizer is part of it
@@ -91,5 +91,5 @@ def test_cache_needs_an_encoder_and_not_precomputed_embeddings(encoder, tmp_path
         def encode_corpus(self, texts, **kw):
             return np.eye(3, 4, dtype=np.float32)
 
-    with pytest.raises(TypeError, match="needs a bgekit.Encoder; Plain has no model, tokenizer"):
+    with pytest.raises(TypeError, match="needs a bgekit.Embedder; Plain has no model, tokenizer"):
         DenseRetriever(Plain(), CORPUS, cache_dir=tmp_path)

@@ -89,10 +89,10 @@ def test_eval_prints_the_metrics_of_the_runs(tmp_path, offline_model):
     assert list(printed) == ["dense", "bm25", "hybrid"]
 
     # reference: the same runs built in this process, scored by bgekit.metrics.evaluate
-    from bgekit.encoder import Encoder
+    from bgekit.embedder import Embedder
 
     corpus = {d: {"title": t, "text": x} for d, (t, x) in DOCS.items()}
-    enc = Encoder(offline_model, device="cpu", show_progress=False)
+    enc = Embedder(offline_model, device="cpu", show_progress=False)
     dense = DenseRetriever(enc, corpus).run(QUERIES, k=100)
     bm25 = BM25Retriever(corpus).run(QUERIES, k=100)
     assert all("p5" in hits for hits in (dense["p5"], bm25["p5"]))  # the identical id is kept by default

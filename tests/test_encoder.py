@@ -1,4 +1,4 @@
-"""Encoder embeddings against an independent reference: a hand-written transformers forward pass."""
+"""Embedder embeddings against an independent reference: a hand-written transformers forward pass."""
 import logging
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from bgekit import Encoder
+from bgekit import Embedder
 
 TEXTS = [
     "Water a snake plant only when the soil is dry all the way down.",
@@ -48,14 +48,14 @@ def refs(minilm_path):
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 64])
 def test_matches_transformers_reference(minilm_path, refs, pooling, batch_size):
-    enc = Encoder(minilm_path, device="cpu", pooling=pooling)
+    enc = Embedder(minilm_path, device="cpu", pooling=pooling)
     got = enc.encode(TEXTS, batch_size=batch_size)
     assert got.dtype == np.float32 and got.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(got, refs[pooling], atol=1e-5)
 
 
 def test_unnormalised_matches_reference(minilm_path):
-    enc = Encoder(minilm_path, device="cpu", normalize=False)
+    enc = Embedder(minilm_path, device="cpu", normalize=False)
     ref = reference(minilm_path, TEXTS[:3], "mean", 256, normalize=False)
     np.testing.assert_allclose(enc.encode(TEXTS[:3]), ref, atol=1e-5)
     assert not np.allclose(np.linalg.norm(ref, axis=1), 1.0)
@@ -91,19 +91,38 @@ def test_input_order_kept_under_length_sorting(encoder):
 
 
 def test_queries_get_the_instruction(minilm_path):
-    enc = Encoder(minilm_path, device="cpu", query_instruction="Represent this sentence for searching: ")
+    enc = Embedder(minilm_path, device="cpu", query_instruction_for_retrieval="Represent this sentence for searching: ")
     q = ["dry brown leaf tips"]
     np.testing.assert_allclose(enc.encode_queries(q), enc.encode(["Represent this sentence for searching: " + q[0]]),
                                atol=1e-6)
-    np.testing.assert_allclose(enc.encode_queries(q, instruction=""), enc.encode(q), atol=1e-6)
+    np.testing.assert_allclose(enc.encode_queries(q, query_instruction_for_retrieval=""), enc.encode(q), atol=1e-6)
     assert not np.allclose(enc.encode_queries(q), enc.encode(q), atol=1e-3)
+
+
+def test_legacy_names_are_aliases(minilm_path, tmp_path):
+    """``Encoder``, ``query_instruction=`` and ``encode_queries(instruction=)`` (bgekit < 0.5) still work and mean
+    the same as ``Embedder`` / ``query_instruction_for_retrieval``; a model folder saved with the old metadata key
+    reads the same."""
+    import json
+
+    import bgekit
+    from bgekit import models
+
+    assert bgekit.Encoder is Embedder
+    old = bgekit.Encoder(minilm_path, device="cpu", query_instruction="Q: ")
+    assert old.query_instruction_for_retrieval == old.spec.query_instruction == "Q: "
+    q = ["dry brown leaf tips"]
+    np.testing.assert_allclose(old.encode_queries(q, instruction=""),
+                               old.encode_queries(q, query_instruction_for_retrieval=""), atol=0)
+    (tmp_path / models.METADATA_FILE).write_text(json.dumps({"pooling": "cls", "query_instruction": "old: "}))
+    assert models.get_spec(str(tmp_path)).query_instruction_for_retrieval == "old: "
 
 
 def test_bge_registry_instruction_and_pooling():
     from bgekit.models import BGE_QUERY_INSTRUCTION, get_spec
 
     spec = get_spec("BAAI/bge-large-en-v1.5")
-    assert (spec.pooling, spec.dim, spec.query_instruction) == ("cls", 1024, BGE_QUERY_INSTRUCTION)
+    assert (spec.pooling, spec.dim, spec.query_instruction_for_retrieval) == ("cls", 1024, BGE_QUERY_INSTRUCTION)
 
 
 def test_corpus_records_are_title_space_text(encoder):
@@ -144,9 +163,9 @@ def test_truncation_is_counted_in_one_warning(encoder, caplog):
 
 def test_unknown_pooling_and_dtype_rejected(minilm_path):
     with pytest.raises(ValueError, match="pooling"):
-        Encoder(minilm_path, pooling="max")
+        Embedder(minilm_path, pooling="max")
     with pytest.raises(ValueError, match="dtype"):
-        Encoder(minilm_path, dtype="int8")
+        Embedder(minilm_path, dtype="int8")
 
 
 def test_full_attention_mask_is_dropped_only_when_it_changes_nothing(minilm_path):

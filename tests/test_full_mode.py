@@ -133,7 +133,7 @@ def test_old_transformers_gets_torch_dtype(monkeypatch, minilm_path):
     import transformers
     from transformers import AutoModel
 
-    from bgekit import Encoder
+    from bgekit import Embedder
 
     seen = {}
     real = AutoModel.from_pretrained.__func__
@@ -147,7 +147,7 @@ def test_old_transformers_gets_torch_dtype(monkeypatch, minilm_path):
 
     monkeypatch.setattr(transformers, "__version__", "4.55.2")
     monkeypatch.setattr(AutoModel, "from_pretrained", classmethod(spy))
-    enc = Encoder(minilm_path, device="cpu")
+    enc = Embedder(minilm_path, device="cpu")
     assert seen["torch_dtype"] is torch.float32 and "dtype" not in seen
     assert enc.encode(["a"]).shape == (1, 384)
     # (loading a model can re-register transformers' lazy module: patch the one `import transformers` finds now)
@@ -179,7 +179,7 @@ def test_fp16_batch_layouts_differ_beyond_the_old_tolerance_but_within_the_new(m
     give cosines that move ~1e-4 with MiniLM's mean pooling (measured here: 9.9e-5 at 32 texts; the issue measured
     6e-4 for CLS pooling and 5e-3 for reranker logits), hundreds of times the fp32 spread and the size of the old
     check's atol=1e-4, and well inside notebook 03's fp16 tolerance. Reference: the same model in fp32."""
-    from bgekit import Encoder
+    from bgekit import Embedder
 
     data = bgekit.load_beir(ROOT / "data", split="test")
     texts = [bgekit.doc_text(d) for d in list(data.corpus.values())[:32]]
@@ -187,7 +187,7 @@ def test_fp16_batch_layouts_differ_beyond_the_old_tolerance_but_within_the_new(m
     spread = {}
     for flag in ("0", "1"):
         monkeypatch.setenv("BGEKIT_FORCE_FP16", flag)
-        enc = Encoder(minilm_path, device="cpu")
+        enc = Embedder(minilm_path, device="cpu")
         q = enc.encode_queries([query])[0]
         together = enc.encode(texts, batch_size=32) @ q
         alone = np.array([enc.encode([t], batch_size=1)[0] @ q for t in texts])
@@ -305,7 +305,7 @@ def test_small_mode_is_minilm_offline_and_bge_small_where_it_loads(empty_hf_home
     assert cfg.embedder == models.LAPTOP_EMBEDDER and cfg.small and cfg.reranker is None
     assert "embedder: BAAI/bge-small-en-v1.5 (BGE on a laptop" in out
     spec = models.get_spec(cfg.embedder)
-    assert spec.pooling == "cls" and spec.query_instruction == models.get_spec(models.FULL_EMBEDDER).query_instruction
+    assert spec.pooling == "cls" and spec.query_instruction_for_retrieval == models.get_spec(models.FULL_EMBEDDER).query_instruction_for_retrieval
     assert bgekit.setup(mode="full", verbose=False).embedder == models.FULL_EMBEDDER
     monkeypatch.setenv("BGEKIT_EMBEDDER", "/some/folder")
     assert config.default_embedder("small") == "/some/folder"

@@ -48,22 +48,22 @@ def _build(data, out, tiny, **kw):
 
 
 def test_build_equals_encoding_the_corpus_directly(tmp_path, data, tiny):
-    from bgekit import Encoder
+    from bgekit import Embedder
     from bgekit.data import doc_text, load_beir
 
     path = _build(data, tmp_path / "out", tiny)
     index = DenseIndex.load(path)
     corpus = load_beir(data).corpus
     assert index.ids == list(corpus) and len(list((tmp_path / "out" / "shards").iterdir())) == 6
-    want = Encoder(str(tiny), device="cpu").encode([doc_text(d) for d in corpus.values()])
+    want = Embedder(str(tiny), device="cpu").encode([doc_text(d) for d in corpus.values()])
     np.testing.assert_allclose(index.reconstruct(), want, atol=1e-5)  # other batches: float round-off only
 
 
 def test_killed_build_resumes_from_its_shards(tmp_path, data, tiny, monkeypatch):
-    from bgekit.encoder import Encoder
+    from bgekit.embedder import Embedder
 
     whole = DenseIndex.load(_build(data, tmp_path / "whole", tiny)).reconstruct()
-    real, calls = Encoder.encode, []
+    real, calls = Embedder.encode, []
 
     def encode(self, texts, **kw):
         calls.append(len(texts))
@@ -71,7 +71,7 @@ def test_killed_build_resumes_from_its_shards(tmp_path, data, tiny, monkeypatch)
             raise KeyboardInterrupt  # the process is stopped while encoding its third shard
         return real(self, texts, **kw)
 
-    monkeypatch.setattr(Encoder, "encode", encode)
+    monkeypatch.setattr(Embedder, "encode", encode)
     with pytest.raises(KeyboardInterrupt):
         _build(data, tmp_path / "out", tiny)
     assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == ["shard-00000.npz", "shard-00001.npz"]
@@ -82,7 +82,7 @@ def test_killed_build_resumes_from_its_shards(tmp_path, data, tiny, monkeypatch)
         calls.append(len(texts))
         return real(self, texts, **kw)
 
-    monkeypatch.setattr(Encoder, "encode", counting)
+    monkeypatch.setattr(Embedder, "encode", counting)
     index = DenseIndex.load(_build(data, tmp_path / "out", tiny))
     assert calls == [8, 8, 8, 3]  # only the four missing shards were encoded
     np.testing.assert_array_equal(index.reconstruct(), whole)

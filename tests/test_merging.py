@@ -20,7 +20,7 @@ def make_tiny(folder: Path, seed: int, hidden: int = 32) -> Path:
                      intermediate_size=64, max_position_embeddings=64)
     BertModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
-    save_model_metadata(folder, ModelSpec(str(folder), pooling="mean", query_instruction="q: ", max_length=64),
+    save_model_metadata(folder, ModelSpec(str(folder), pooling="mean", query_instruction_for_retrieval="q: ", max_length=64),
                         hidden)
     return folder
 
@@ -53,7 +53,7 @@ def test_weights_one_zero_reproduce_the_first_model_exactly(tmp_path, pair):
 def test_half_half_is_the_average_and_loads_everywhere(tmp_path, pair):
     from sentence_transformers import SentenceTransformer
 
-    from bgekit import Encoder
+    from bgekit import Embedder
     from bgekit.merging import merge_models
 
     a, b = pair
@@ -71,10 +71,10 @@ def test_half_half_is_the_average_and_loads_everywhere(tmp_path, pair):
     assert torch.allclose(wm3[k], (2 * wa[k] + wb[k]) / 3, atol=1e-6)
     # tokenizer and metadata come from the first model
     meta = json.loads((out / "bgekit.json").read_text())
-    assert meta["pooling"] == "mean" and meta["query_instruction"] == "q: "
+    assert meta["pooling"] == "mean" and meta["query_instruction_for_retrieval"] == "q: "
     assert (out / "tokenizer.json").is_file()
     texts = ["water the basil", "a tomato with yellow leaves"]
-    enc = Encoder(out, device="cpu")
+    enc = Embedder(out, device="cpu")
     assert enc.pooling == "mean"
     st = SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_numpy=True)
     assert np.allclose(enc.encode(texts), st, atol=1e-5)
@@ -139,7 +139,7 @@ def _retokenize(src: Path, dst: Path, edit_tokenizer_json, swap_rows: tuple[int,
 def test_models_with_permuted_vocabularies_are_refused(tmp_path, pair):
     from transformers import AutoTokenizer
 
-    from bgekit import Encoder
+    from bgekit import Embedder
     from bgekit.merging import merge_models
 
     a, _ = pair
@@ -153,7 +153,7 @@ def test_models_with_permuted_vocabularies_are_refused(tmp_path, pair):
     # same vocabulary size, another order; the embedding rows follow, so b computes the same function as a
     b = _retokenize(a, tmp_path / "b", swap, swap_rows=(i, j))
     texts = ["water the basil", "the cactus needs little water"]
-    ea, eb = Encoder(a, device="cpu").encode(texts), Encoder(b, device="cpu").encode(texts)
+    ea, eb = Embedder(a, device="cpu").encode(texts), Embedder(b, device="cpu").encode(texts)
     np.testing.assert_allclose(ea, eb, atol=1e-6)
     assert AutoTokenizer.from_pretrained(b)("water")["input_ids"][1] == j
     with pytest.raises(ValueError, match=rf"tokenizers differ \(vocabulary: 2 of {len(vocab)} token ids map to "
@@ -203,12 +203,12 @@ def test_different_settings_warn_and_the_first_models_are_kept(tmp_path, pair, c
 
     c = tmp_path / "c"
     shutil.copytree(b, c)
-    save_model_metadata(c, ModelSpec(str(c), pooling="cls", query_instruction="query: ", max_length=64), 32)
+    save_model_metadata(c, ModelSpec(str(c), pooling="cls", query_instruction_for_retrieval="query: ", max_length=64), 32)
     with caplog.at_level("WARNING", logger="bgekit.merging"):
         out = merge_models([a, c], [0.5, 0.5], tmp_path / "m")
     msgs = [r.getMessage() for r in caplog.records if r.name == "bgekit.merging"]
     assert len(msgs) == 2
     assert "different pooling" in msgs[0] and "'mean'" in msgs[0] and "'cls'" in msgs[0] and "keeps the first" in msgs[0]
-    assert "different query_instruction" in msgs[1] and "'q: '" in msgs[1] and "'query: '" in msgs[1]
+    assert "different query_instruction_for_retrieval" in msgs[1] and "'q: '" in msgs[1] and "'query: '" in msgs[1]
     meta = json.loads((out / "bgekit.json").read_text())
-    assert (meta["pooling"], meta["query_instruction"]) == ("mean", "q: ")
+    assert (meta["pooling"], meta["query_instruction_for_retrieval"]) == ("mean", "q: ")

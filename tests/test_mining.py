@@ -69,9 +69,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def enc():
-    from bgekit import Encoder
+    from bgekit import Embedder
 
-    return Encoder(show_progress=False)
+    return Embedder(show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -396,6 +396,17 @@ def test_cli(train_file, pool_file, tmp_path):
     p = _run_cli("--input_file", str(train_file), "--output_file", str(out), "--range_for_sampling", "50-10",
                  cwd=tmp_path)
     assert p.returncode == 2 and "--range_for_sampling: the start must be below the end" in p.stderr
+
+
+def test_cli_takes_flagembedding_current_names_and_the_blogs_as_aliases():
+    from bgekit.mine import build_parser
+
+    base = ["--input_file", "in.jsonl", "--output_file", "out.jsonl"]
+    current = build_parser().parse_args(base + ["--embedder_name_or_path", "m", "--embedder_batch_size", "8",
+                                                "--reranker_name_or_path", "r"])
+    legacy = build_parser().parse_args(base + ["--model_name_or_path", "m", "--batch_size", "8", "--reranker", "r"])
+    assert vars(current) == vars(legacy)
+    assert (current.embedder_name_or_path, current.embedder_batch_size, current.reranker_name_or_path) == ("m", 8, "r")
 
 
 def test_use_gpu_for_searching_without_a_gpu_warns_and_mines_the_same(enc, miner, caplog):

@@ -13,7 +13,7 @@ def test_registry_knows_the_course_models():
     assert models.get_spec("BAAI/bge-small-en-v1.5").dim == 384
     assert models.get_spec("BAAI/bge-reranker-large").kind == "reranker"
     mini = models.get_spec(models.OFFLINE_EMBEDDER)
-    assert (mini.pooling, mini.query_instruction, mini.max_length) == ("mean", "", 256)
+    assert (mini.pooling, mini.query_instruction_for_retrieval, mini.max_length) == ("mean", "", 256)
 
 
 def test_offline_name_resolves_to_bundled_folder(minilm_path):
@@ -23,10 +23,10 @@ def test_offline_name_resolves_to_bundled_folder(minilm_path):
 
 
 def test_folder_metadata_is_read(tmp_path):
-    spec = models.ModelSpec("x", pooling="cls", query_instruction="Q: ", dim=8, max_length=64)
+    spec = models.ModelSpec("x", pooling="cls", query_instruction_for_retrieval="Q: ", dim=8, max_length=64)
     models.save_model_metadata(tmp_path, spec)
     got = models.get_spec(str(tmp_path))
-    assert (got.pooling, got.query_instruction, got.dim, got.max_length) == ("cls", "Q: ", 8, 64)
+    assert (got.pooling, got.query_instruction_for_retrieval, got.dim, got.max_length) == ("cls", "Q: ", 8, 64)
     pool = json.loads((tmp_path / "1_Pooling" / "config.json").read_text())
     assert pool["pooling_mode_cls_token"] and not pool["pooling_mode_mean_tokens"]
 
@@ -61,10 +61,10 @@ def test_unknown_model_defaults_to_cls_with_a_warning(caplog):
 
 def test_hub_model_offline_error_names_model_and_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from bgekit import Encoder
+    from bgekit import Embedder
 
     with pytest.raises(models.ModelLoadError) as e:
-        Encoder("BAAI/bge-large-en-v1.5", device="cpu")
+        Embedder("BAAI/bge-large-en-v1.5", device="cpu")
     msg = str(e.value)
     assert "BAAI/bge-large-en-v1.5" in msg and "BGEKIT_MODE=small" in msg and "HF_HUB_OFFLINE" in msg
 

@@ -1,6 +1,6 @@
 """Tests of bgekit.rag: the prompt, citation parsing, attribution, and RAG answers from the real local LLM.
 
-The encoder is the bundled all-MiniLM-L6-v2 through bgekit.Encoder; the LLM is SmolLM2-135M behind
+The encoder is the bundled all-MiniLM-L6-v2 through bgekit.Embedder; the LLM is SmolLM2-135M behind
 llama-cpp-python's server (tests marked ``llm``, skipped when those packages are missing).
 """
 from __future__ import annotations
@@ -88,10 +88,10 @@ def test_parse_citations_without_a_bound_accepts_all():
 
 @pytest.fixture(scope="module")
 def encoder():
-    from bgekit.encoder import Encoder
+    from bgekit.embedder import Embedder
     from bgekit.models import offline_model_path
 
-    return Encoder(str(offline_model_path()), device="cpu")
+    return Embedder(str(offline_model_path()), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +356,7 @@ def test_langchain_embeddings_adapter_matches_the_encoder(encoder):
                                encoder.encode_queries(["why do tides happen"])[0], atol=1e-6)
     # an explicit instruction is prepended to the query
     np.testing.assert_allclose(
-        BGEEmbeddings(encoder=encoder, query_instruction="query: ").embed_query("tides"),
+        BGEEmbeddings(encoder=encoder, query_instruction_for_retrieval="query: ").embed_query("tides"),
         encoder.encode(["query: tides"])[0], atol=1e-6,
     )
     assert emb.embed_documents([]) == []

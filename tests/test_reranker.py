@@ -201,9 +201,10 @@ def test_head_missing_is_refused(tmp_path, minilm_path):
         Reranker(tmp_path, device="cpu")
 
 
-def test_small_mode_needs_a_path():
+def test_small_mode_needs_a_path(monkeypatch):
+    monkeypatch.setenv("BGEKIT_MODE", "small")   # the course's mode comes from the environment, not a parameter
     with pytest.raises(ModelLoadError, match="train_reranker"):
-        Reranker(mode="small")
+        Reranker()
 
 
 def test_missing_folder_is_a_load_error(tmp_path):

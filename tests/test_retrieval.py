@@ -1,5 +1,5 @@
 """Tests of bgekit.retrieval: BM25 against bm25s and a hand-written BM25, RRF on hand-computed cases,
-dense search against brute-force cosine of Encoder embeddings, MTEB's identical-id rule."""
+dense search against brute-force cosine of Embedder embeddings, MTEB's identical-id rule."""
 
 from __future__ import annotations
 
@@ -73,10 +73,10 @@ def corpus_dict(docs=DOCS) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def encoder():
-    from bgekit.encoder import Encoder
+    from bgekit.embedder import Embedder
     from bgekit.models import offline_model_path
 
-    return Encoder(str(offline_model_path()), device="cpu", show_progress=False)
+    return Embedder(str(offline_model_path()), device="cpu", show_progress=False)
 
 
 # ----------------------------------------------------------------------------------- BM25
@@ -216,7 +216,7 @@ def test_hybrid_search_is_rrf_of_member_searches(encoder):
 def test_dense_equals_brute_force_cosine(encoder):
     corpus = corpus_dict()
     instruction = "Represent this sentence for searching relevant passages: "
-    dense = DenseRetriever(encoder, corpus, query_instruction=instruction, batch_size=3)
+    dense = DenseRetriever(encoder, corpus, query_instruction_for_retrieval=instruction, batch_size=3)
     # reference: raw (unnormalised) embeddings of the exact strings, cosine by hand
     ids = list(corpus)
     doc_strings = [f"{t} {x}".strip() for t, x in DOCS.values()]

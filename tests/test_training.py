@@ -384,7 +384,7 @@ def test_saved_model_loads_the_same_in_bgekit_sentence_transformers_and_transfor
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
 
-    from bgekit import Encoder
+    from bgekit import Embedder
 
     data = make_train_data(tmp_path / "train.jsonl", n=8, n_neg=2)
     out = train_embedder(output_dir=str(tmp_path / "ft"), model_name_or_path=str(minilm_path),
@@ -396,7 +396,7 @@ def test_saved_model_loads_the_same_in_bgekit_sentence_transformers_and_transfor
     assert max_diff(weights_of(out), weights_of(Path(minilm_path))) > 0  # it trained
 
     texts = ["how often should I water a cactus", "Yellow leaves at the bottom of a tomato plant are normal."]
-    ours = Encoder(out, device="cpu").encode(texts)
+    ours = Embedder(out, device="cpu").encode(texts)
     st = SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_numpy=True)
     assert np.allclose(ours, st, atol=1e-5)
     # and by hand with plain transformers: mean pooling + L2 normalisation
@@ -411,7 +411,7 @@ def test_saved_model_loads_the_same_in_bgekit_sentence_transformers_and_transfor
 
 
 def test_pooling_and_instruction_recorded(tmp_path, tiny):
-    from bgekit import Encoder
+    from bgekit import Embedder
 
     data = make_train_data(tmp_path / "train.jsonl", n=4, n_neg=1)
     out = train_embedder(output_dir=str(tmp_path / "ft"), model_name_or_path=str(tiny), train_data=str(data),
@@ -419,9 +419,9 @@ def test_pooling_and_instruction_recorded(tmp_path, tiny):
                          sentence_pooling_method="mean", query_instruction_for_retrieval="query: ",
                          save_strategy="no", **QUIET)
     meta = json.loads((out / "bgekit.json").read_text())
-    assert meta["pooling"] == "mean" and meta["query_instruction"] == "query: "
-    enc = Encoder(out, device="cpu")
-    assert enc.pooling == "mean" and enc.query_instruction == "query: "
+    assert meta["pooling"] == "mean" and meta["query_instruction_for_retrieval"] == "query: "
+    enc = Embedder(out, device="cpu")
+    assert enc.pooling == "mean" and enc.query_instruction_for_retrieval == "query: "
     st_cfg = json.loads((out / "1_Pooling" / "config.json").read_text())
     assert st_cfg["pooling_mode_mean_tokens"] and not st_cfg["pooling_mode_cls_token"]
 
@@ -496,6 +496,6 @@ def test_blog_command_runs_unchanged(tmp_path, tiny):
     r = subprocess.run([sys.executable, "-m", "bgekit.train", *argv], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     meta = json.loads((out / "bgekit.json").read_text())
-    assert meta["query_instruction"].startswith("Represent this sentence") and meta["normalize"] is True
+    assert meta["query_instruction_for_retrieval"].startswith("Represent this sentence") and meta["normalize"] is True
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 10 and [h["step"] for h in state["log_history"] if "loss" in h] == [10]

@@ -54,7 +54,7 @@ STEP_HELPER = textwrap.dedent("""
     # one DDP forward/backward of the cross-device loss, as EmbedderTrainer computes it; rank 0 saves loss and grads
     import sys, torch, torch.distributed as dist
     from transformers import AutoModel, AutoTokenizer
-    from bgekit.encoder import pool
+    from bgekit.embedder import pool
     from bgekit.training.losses import contrastive_loss, text_ids
     model_dir, out, B, G, T = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
     queries, groups = eval(sys.argv[6]), eval(sys.argv[7])
@@ -82,7 +82,7 @@ STEP_HELPER = textwrap.dedent("""
 def test_cross_device_loss_and_gradients_equal_single_process_on_global_batch(tmp_path, tiny, masked):
     from transformers import AutoModel, AutoTokenizer
 
-    from bgekit.encoder import pool
+    from bgekit.embedder import pool
     from bgekit.training.losses import contrastive_loss, text_ids
 
     queries, groups, _ = fixed_batch()
@@ -149,4 +149,4 @@ def test_blog_command_runs_unchanged_under_torchrun(tmp_path, tiny):
              "--train_data", str(data), *[a.format(bs=2) for a in BLOG])
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 10  # 8 queries / (2 per device x 2 devices) x 5 epochs
-    assert json.loads((out / "bgekit.json").read_text())["query_instruction"].startswith("Represent this")
+    assert json.loads((out / "bgekit.json").read_text())["query_instruction_for_retrieval"].startswith("Represent this")

@@ -57,7 +57,7 @@ def test_the_checker_catches_a_misfit():
 
 
 @pytest.mark.parametrize("impl,proto", [
-    ("bgekit.encoder:Encoder", T.EmbedderLike),
+    ("bgekit.embedder:Embedder", T.EmbedderLike),
     ("bgekit.retrieval:DenseRetriever", T.DenseRetrieverLike),
     ("bgekit.retrieval:BM25Retriever", T.RetrieverLike),
     ("bgekit.retrieval:HybridRetriever", T.RetrieverLike),

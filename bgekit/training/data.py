@@ -201,9 +201,9 @@ class EmbedderCollator:
     """
 
     def __init__(self, tokenizer: Any, query_max_len: int, passage_max_len: int, max_pos: int,
-                 query_instruction: str | None = None, passage_instruction: str | None = None) -> None:
+                 query_instruction_for_retrieval: str | None = None, passage_instruction: str | None = None) -> None:
         self.tokenizer, self.qlen, self.plen, self.max_pos = tokenizer, query_max_len, passage_max_len, max_pos
-        self.qi, self.pi = query_instruction or "", passage_instruction or ""
+        self.qi, self.pi = query_instruction_for_retrieval or "", passage_instruction or ""
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         queries = [self.qi + it["query"] for it in items]
@@ -278,9 +278,9 @@ def build_reranker_examples(data_dir: str | os.PathLike, split: str = "train", h
         if hard_negatives == "bm25":
             retriever = BM25Retriever(data.corpus)
         else:
-            from ..encoder import Encoder
+            from ..embedder import Embedder
 
-            retriever = DenseRetriever(Encoder(models.offline_model_path()), data.corpus, show_progress=False)
+            retriever = DenseRetriever(Embedder(models.offline_model_path()), data.corpus, show_progress=False)
     if retriever is not None:
         max_judged = max(len(data.qrels[q]) for q in qids)
         found = retriever.search([data.queries[q] for q in qids], k=min(hi + max_judged, len(texts)))

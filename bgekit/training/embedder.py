@@ -38,7 +38,7 @@ from transformers import Trainer
 
 from .. import models
 from .._batching import model_inputs
-from ..encoder import pool
+from ..embedder import pool
 from .arguments import EmbedderTrainingArguments
 from .data import (
     EmbedderCollator,
@@ -102,7 +102,8 @@ def _final_spec(args: EmbedderTrainingArguments, model: torch.nn.Module) -> mode
     max_len = min(int(base.max_length), max_pos) if max_pos > 0 else int(base.max_length)
     return dataclasses.replace(
         base, name=str(args.output_dir), kind="embedder", pooling=args.sentence_pooling_method or base.pooling,
-        normalize=bool(args.normalize_embeddings), query_instruction=args.query_instruction_for_retrieval or "",
+        normalize=bool(args.normalize_embeddings),
+        query_instruction_for_retrieval=args.query_instruction_for_retrieval or "",
         dim=int(cfg.hidden_size), max_length=max_len, known=True)
 
 
@@ -245,7 +246,7 @@ def train_embedder(args: EmbedderTrainingArguments | None = None, **kwargs: Any)
 
     >>> out = train_embedder(output_dir="ft", train_data="train.jsonl", num_train_epochs=1,  # doctest: +SKIP
     ...                      per_device_train_batch_size=16, train_group_size=4)
-    >>> Encoder(out)                                                                         # doctest: +SKIP
+    >>> Embedder(out)                                                                         # doctest: +SKIP
     """
     if args is None:
         args = EmbedderTrainingArguments(**kwargs)

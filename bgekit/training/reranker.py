@@ -293,7 +293,7 @@ def train_reranker(args: RerankerTrainingArguments | None = None, *, retriever: 
         # the model reads pairs of at most max_len tokens at inference too (bgekit and sentence-transformers)
         tokenizer.model_max_length = int(args.max_len)
         tokenizer.save_pretrained(tmp)
-        spec = models.ModelSpec(name=str(out_dir), kind="reranker", pooling="cls", query_instruction="",
+        spec = models.ModelSpec(name=str(out_dir), kind="reranker", pooling="cls", query_instruction_for_retrieval="",
                                 dim=None, max_length=int(args.max_len), normalize=False)
         models.save_model_metadata(tmp, spec)
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))  # log_history: the loss curve

@@ -1,7 +1,7 @@
 """Turn text into BGE embeddings exactly as BAAI specifies, fast.
 
->>> from bgekit import Encoder
->>> enc = Encoder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")  # bundled; full: "BAAI/bge-large-en-v1.5"
+>>> from bgekit import Embedder
+>>> enc = Embedder("sentence-transformers/all-MiniLM-L6-v2", device="cpu")  # bundled; full: "BAAI/bge-large-en-v1.5"
 >>> q = enc.encode_queries(["how do I stop fungus gnats?"])  # adds the query instruction (BGE's; MiniLM has none)
 >>> p = enc.encode_corpus([{"title": "Fungus gnats", "text": "Let the top of the mix dry out..."}])
 >>> (q @ p.T).shape, q.dtype
@@ -55,7 +55,7 @@ def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) 
     raise ValueError(f"Unknown pooling {pooling!r}: use 'cls' or 'mean'")
 
 
-class Encoder:
+class Embedder:
     """A bi-encoder: one vector per text.
 
     Args:
@@ -65,7 +65,7 @@ class Encoder:
         pooling: ``"cls"`` or ``"mean"``; ``None`` takes it from the registry / the folder's metadata.
         normalize: L2-normalise the vectors (then inner product = cosine).
         max_length: token budget per text; longer texts are truncated (one warning per call).
-        query_instruction: prefix for :meth:`encode_queries`; ``None`` takes the registry's, ``""`` none.
+        query_instruction_for_retrieval: prefix for :meth:`encode_queries`; ``None`` takes the registry's, ``""`` none.
         dtype: ``"fp16"``/``"bf16"``/``"fp32"``; ``None``: fp16 on CUDA, fp32 elsewhere.
         batch_size: texts per forward pass (halved automatically on CUDA out-of-memory).
         truncate_dim: keep only the first ``truncate_dim`` dimensions of each pooled vector (then
@@ -86,22 +86,25 @@ class Encoder:
 
     def __init__(self, model_name_or_path: str | os.PathLike | None = None, *, device: str | None = None,
                  pooling: str | None = None, normalize: bool | None = None, max_length: int | None = None,
-                 query_instruction: str | None = None, dtype: str | torch.dtype | None = None,
-                 batch_size: int = 64, show_progress: bool | None = None, mode: str | None = None,
+                 query_instruction_for_retrieval: str | None = None, dtype: str | torch.dtype | None = None,
+                 batch_size: int = 64, show_progress: bool | None = None,
                  truncate_dim: int | None = None, backend: str = "torch", quantize: str | None = None,
                  cache_dir: str | os.PathLike | None = None,
-                 calibration_texts: Sequence[str] | None = None) -> None:
+                 calibration_texts: Sequence[str] | None = None, query_instruction: str | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         from . import backends
 
         backend, quantize, device = backends.resolve_backend(backend, quantize, device, dtype)
         self.backend, self.quantize = backend, quantize
+        if query_instruction_for_retrieval is None:   # the legacy name (bgekit < 0.5), kept as an alias
+            query_instruction_for_retrieval = query_instruction
 
-        name = str(model_name_or_path) if model_name_or_path is not None else default_embedder(mode)
+        name = str(model_name_or_path) if model_name_or_path is not None else default_embedder()
         spec = models.get_spec(name)
-        overrides = {k: v for k, v in dict(pooling=pooling, normalize=normalize, max_length=max_length,
-                                             query_instruction=query_instruction).items() if v is not None}
+        overrides = dict(pooling=pooling, normalize=normalize, max_length=max_length,
+                         query_instruction_for_retrieval=query_instruction_for_retrieval)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
         if overrides:
             from dataclasses import replace
             spec = replace(spec, **overrides)
@@ -135,11 +138,11 @@ class Encoder:
             self._runner = backends.load_exported(self.model, self.tokenizer, backend, quantize,
                                                   output="last_hidden_state", cache_dir=cache_dir,
                                                   calibration_texts=calibration_texts, max_length=self.max_length)
-        logger.info("Encoder %s on %s (%s, backend %s): %s pooling, normalize=%s, max_length=%d, query instruction %r",
+        logger.info("Embedder %s on %s (%s, backend %s): %s pooling, normalize=%s, max_length=%d, query instruction %r",
                     models.display_name(name), self.device,
                     str(dtype).replace("torch.", "") if quantize is None else quantize, backend, spec.pooling,
                     spec.normalize, self.max_length,
-                    spec.query_instruction)
+                    spec.query_instruction_for_retrieval)
 
     # convenient read-only views of the spec
     @property
@@ -151,12 +154,12 @@ class Encoder:
         return self.spec.normalize
 
     @property
-    def query_instruction(self) -> str:
-        return self.spec.query_instruction
+    def query_instruction_for_retrieval(self) -> str:
+        return self.spec.query_instruction_for_retrieval
 
     def __repr__(self) -> str:
         extra = "" if self.backend == "torch" else f", backend={self.backend!r}, quantize={self.quantize!r}"
-        return (f"Encoder({self.name!r}, device={str(self.device)!r}, pooling={self.pooling!r}, "
+        return (f"Embedder({self.name!r}, device={str(self.device)!r}, pooling={self.pooling!r}, "
                 f"dim={self.dim}, max_length={self.max_length}{extra})")
 
     # -- tokenisation -------------------------------------------------------------------------
@@ -206,7 +209,7 @@ class Encoder:
         Raises:
             TypeError: ``texts`` is a single string or holds a non-string (its index is named).
 
-        >>> Encoder().encode(["a cat", "a dog"]).shape  # doctest: +SKIP
+        >>> Embedder().encode(["a cat", "a dog"]).shape  # doctest: +SKIP
         (2, 384)
         """
         texts = check_texts(texts)
@@ -231,14 +234,16 @@ class Encoder:
         run_length_sorted(feats, self.tokenizer, self.device, forward, out, bs, desc="encode", unit="text", show=show)
         return out if convert_to_numpy else torch.from_numpy(out)
 
-    def encode_queries(self, queries: Sequence[str], *, instruction: str | None = None, **kw: Any) -> np.ndarray:
+    def encode_queries(self, queries: Sequence[str], *, query_instruction_for_retrieval: str | None = None,
+                       instruction: str | None = None, **kw: Any) -> np.ndarray:
         """Embed search queries, prefixed with the model's query instruction.
 
-        ``instruction=None`` uses the registry's (BGE: ``"Represent this sentence for searching relevant
-        passages: "``); ``instruction=""`` encodes the queries as they are.
+        ``query_instruction_for_retrieval=None`` uses the model's (BGE: ``"Represent this sentence for searching
+        relevant passages: "``); ``""`` encodes the queries as they are. ``instruction=`` is its legacy alias.
         """
         queries = check_texts(queries, "queries")
-        prefix = self.query_instruction if instruction is None else instruction
+        prefix = next((p for p in (query_instruction_for_retrieval, instruction) if p is not None),
+                      self.query_instruction_for_retrieval)
         return self.encode([prefix + q for q in queries] if prefix else queries, **kw)
 
     def encode_corpus(self, docs: Sequence[str | dict], **kw: Any) -> np.ndarray:
@@ -248,3 +253,7 @@ class Encoder:
             raise TypeError("docs must be a list of strings or {'title', 'text'} records")
         texts = [doc_text(d, f"docs[{i}]") for i, d in enumerate(docs)]
         return self.encode(texts, **kw)
+
+
+#: The legacy name of :class:`Embedder`, kept as an alias ("encoder" also names the reranker's cross-encoder).
+Encoder = Embedder
