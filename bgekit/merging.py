@@ -182,15 +182,12 @@ def _check_settings(names: Sequence[str], specs: Sequence[_models.ModelSpec]) ->
 
 
 def _load(name: str, kind: str) -> torch.nn.Module:
-    from transformers import AutoModelForSequenceClassification
-
-    from .training.embedder import _load_auto_model
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     path = _models.resolve_model(name)
     try:
-        if kind == "reranker":
-            return AutoModelForSequenceClassification.from_pretrained(path)
-        return _load_auto_model(path)
+        auto = AutoModelForSequenceClassification if kind == "reranker" else AutoModel
+        return auto.from_pretrained(path, dtype=torch.float32)
     except Exception as e:
         raise _models.load_error(name, e) from e
 

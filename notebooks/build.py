@@ -13,8 +13,15 @@ It also fills in, from the one repository setting (``[project.urls] Repository``
 badge of each notebook's header and the repository the setup cell clones on Colab. To publish the course from a
 fork, change that one line and run this script.
 
-    python notebooks/build.py            # rebuild every notebook (and rewrite stale badges/setup cells in the sources)
-    python notebooks/build.py --check    # exit 1 and name every notebook that is out of date
+It keeps, too, **executed copies** a reader can browse on GitHub without running anything:
+``notebooks/executed/NN_name.ipynb`` is the solution notebook run top to bottom in small mode, with its printed
+numbers and figures. Each one records the text of the cells it ran; ``--check`` names a copy whose cells no longer
+match the source.
+
+    python notebooks/build.py                 # rebuild every notebook (and rewrite stale badges/setup cells in the sources)
+    python notebooks/build.py --check         # exit 1 and name every notebook or executed copy that is out of date
+    python notebooks/build.py --execute       # also re-run the stale executed copies (small mode; minutes)
+    python notebooks/build.py --execute 03    # re-run notebook 03's executed copy even if it is current
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import tomllib
 NOTEBOOKS = Path(__file__).resolve().parent
 ROOT = NOTEBOOKS.parent
 SOLUTIONS = NOTEBOOKS / "solutions"
+EXECUTED = NOTEBOOKS / "executed"
 SOLUTION_TAG = "solution"
 BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
@@ -156,9 +164,40 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _code_of(nb_text: str) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source) for c in nbformat.reads(nb_text, as_version=4).cells]
+
+
+def executed_is_current(name: str, solution_text: str) -> bool:
+    """True when ``executed/name`` exists and ran exactly the cells of the solution notebook."""
+    path = EXECUTED / name
+    return path.exists() and _code_of(path.read_text(encoding="utf-8")) == _code_of(solution_text)
+
+
+def execute(name: str, solution_text: str, timeout: int = 900) -> None:
+    """Run a solution notebook top to bottom in small mode and save it, outputs kept, as ``executed/name``."""
+    import os
+
+    from nbclient import NotebookClient
+
+    nb = nbformat.reads(solution_text, as_version=4)
+    os.environ.setdefault("BGEKIT_MODE", "small")
+    import time
+
+    print(f"executing {name} (small mode) ...", flush=True)
+    t0 = time.perf_counter()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(SOLUTIONS)}}).execute()
+    print(f"executed {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    EXECUTED.mkdir(exist_ok=True)
+    _write(EXECUTED / name, nbformat.writes(nb) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if any notebook is out of date")
+    ap.add_argument("--execute", nargs="*", metavar="NN", default=None,
+                    help="re-run stale executed copies (or those named by number) in small mode")
     args = ap.parse_args(argv)
     repo = repository()
     stale = []
@@ -172,15 +211,23 @@ def main(argv: list[str] | None = None) -> int:
                 stale.append(_rel(path))
                 if not args.check:
                     _write(path, want)
+        name = src.with_suffix(".ipynb").name
+        solution_text = built[SOLUTIONS / name]
+        forced = args.execute is not None and src.name[:2] in args.execute
+        if forced or not executed_is_current(name, solution_text):
+            if args.execute is not None:
+                execute(name, solution_text)
+            else:
+                stale.append(_rel(EXECUTED / name))
     expected = {p.with_suffix(".ipynb").name for p in sources()}
-    orphans = [p for d in (NOTEBOOKS, SOLUTIONS) for p in d.glob("[0-9][0-9]_*.ipynb") if p.name not in expected]
+    orphans = [p for d in (NOTEBOOKS, SOLUTIONS, EXECUTED) for p in d.glob("[0-9][0-9]_*.ipynb") if p.name not in expected]
     for p in orphans:
         stale.append(_rel(p))
         if not args.check:
             p.unlink()
     if args.check:
         if stale:
-            print("out of date (run: python notebooks/build.py):", *stale, sep="\n  ")
+            print("out of date (run: python notebooks/build.py; executed/ copies: --execute):", *stale, sep="\n  ")
             return 1
         print(f"{len(sources())} notebooks up to date")
         return 0

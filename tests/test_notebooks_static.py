@@ -48,21 +48,41 @@ def test_notebooks_are_built_from_their_sources(capsys):
     assert build.main(["--check"]) == 0, capsys.readouterr().out
 
 
-def test_the_build_detects_a_stale_notebook(tmp_path, monkeypatch):
+def test_the_build_detects_a_stale_notebook(tmp_path, monkeypatch, capsys):
     """The sync check can fail: edit a source and the check names the notebooks to rebuild."""
     work = tmp_path / "notebooks"
     (work / "solutions").mkdir(parents=True)
+    (work / "executed").mkdir(parents=True)
     src = SOURCES[0]
     (work / src.name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
-    for sub in ("", "solutions/"):
+    for sub in ("", "solutions/", "executed/"):
         (work / sub / src.with_suffix(".ipynb").name).write_bytes((NB_DIR / sub / src.with_suffix(".ipynb").name)
                                                                    .read_bytes())
     monkeypatch.setattr(build, "NOTEBOOKS", work)
     monkeypatch.setattr(build, "SOLUTIONS", work / "solutions")
+    monkeypatch.setattr(build, "EXECUTED", work / "executed")
     assert build.main(["--check"]) == 0
     (work / src.name).write_text(src.read_text(encoding="utf-8") + "\n# %%\nprint('new cell')\n", encoding="utf-8")
     assert build.main(["--check"]) == 1
-    assert build.main([]) == 0 and build.main(["--check"]) == 0
+    capsys.readouterr()
+    # the build rewrites the learner and solution notebooks; the executed copy stays stale until it is re-run
+    assert build.main([]) == 0 and build.main(["--check"]) == 1
+    assert capsys.readouterr().out.split("\n", 1)[1].split() == [f"notebooks/executed/{src.stem}.ipynb"]
+
+
+def test_executed_copies_are_current_and_have_outputs():
+    """Every notebook has an executed copy (small mode) that ran exactly the solution notebook's cells, with the
+    outputs a reader browses: printed numbers and at least one figure per notebook that draws one."""
+    for src in SOURCES:
+        ex = NB_DIR / "executed" / src.with_suffix(".ipynb").name
+        assert ex.exists(), f"{ex} is missing: python notebooks/build.py --execute"
+        code = [c for c in cells(ex) if c["cell_type"] == "code"]
+        assert all(c["outputs"] is not None for c in code)
+        assert sum(bool(c["outputs"]) for c in code) >= len(code) // 3, f"{ex.name}: few cells have outputs"
+        errors = [o for c in code for o in c["outputs"] if o.get("output_type") == "error"]
+        assert not errors, f"{ex.name}: a cell raised {errors[0].get('ename')}"
+        if "plt." in src.read_text(encoding="utf-8"):
+            assert any("image/png" in o.get("data", {}) for c in code for o in c["outputs"]), f"{ex.name}: no figure"
 
 
 @pytest.mark.parametrize("nb", LEARNER, ids=lambda p: p.stem)

@@ -99,14 +99,14 @@ def test_is_a_trainer_and_logs_through_it():
 
 
 def test_a_negative_never_holds_a_positive():
-    import random
+    import numpy as np
 
-    from bgekit.training.data import RerankerExample, make_reranker_group
+    from bgekit.training.data import TrainExample, sample_group
 
-    ex = RerankerExample("q", ["answer", "other answer"], ["answer", "n1", "other answer", "n2"])
+    ex = TrainExample("q", ["answer", "other answer"], ["answer", "n1", "other answer", "n2"])
     pool = ["answer", "other answer", "r1", "r2", "r3"]
     for seed in range(30):
-        group = make_reranker_group(ex, 4, pool, random.Random(seed))
+        group = sample_group(ex, np.random.default_rng(seed), 4, pool)
         assert group[0] in ex.pos and not set(group[1:]) & set(ex.pos) and len(set(group)) == 4
 
 
@@ -202,7 +202,7 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
                                  dict(holdout_queries=-1), dict(freeze_layers=-1)])
 def test_bad_arguments(bad):
     kw = {"output_dir": "x"} | bad
-    with pytest.raises(ValueError, match="Invalid reranker training arguments"):
+    with pytest.raises(ValueError, match="Invalid RerankerTrainingArguments"):
         RerankerTrainArgs(**kw)
 
 

@@ -25,36 +25,52 @@ DEEPSPEED_HINT = ("--deepspeed needs the `deepspeed` package, which is not insta
                   "or train without --deepspeed (DDP under torchrun works without it)")
 
 
-def _check_deepspeed(args: TrainingArguments) -> None:
-    if args.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise ImportError(DEEPSPEED_HINT)
-
-
 _RATIO_HELP = ("share of the steps with a linear warm-up (the transformers 4.x option FlagEmbedding's examples pass; "
                "transformers 5 takes it as a fraction in --warmup_steps, which this sets)")
 
 
-def _warmup_ratio(args: TrainingArguments) -> list[str]:
-    r = args.warmup_ratio
-    if r is None or "warmup_ratio" in TrainingArguments.__dataclass_fields__:
+@dataclass
+class _GroupTrainingArguments(TrainingArguments):
+    """What both trainers share: model, data and group fields, the checks, and transformers 4.x options."""
+
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "hub id or folder of the model to fine-tune; default: the course mode's embedder (for the reranker: "
+                "the bundled all-MiniLM-L6-v2 with a fresh 1-logit head)"})
+    train_data: str | None = field(default=None, metadata={
+        "help": "FlagEmbedding JSONL ({query, pos: [...], neg: [...]} per line) or a folder of *.jsonl files "
+                "(for the reranker, default: the BEIR folder data_dir, split `split`)"})
+    train_group_size: int = field(default=8, metadata={"help": "passages per query: 1 positive + N-1 negatives"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep bgekit's batch columns"})
+    warmup_ratio: float | None = field(default=None, metadata={"help": _RATIO_HELP})
+
+    def _problems(self) -> list[str]:
+        """The subclass's checks of its own fields."""
         return []
-    if not 0 <= r < 1:
-        return [f"warmup_ratio must be in [0, 1), got {r}"]
-    if r > 0:
-        args.warmup_steps = float(r)
-    return []
 
+    def __post_init__(self) -> None:
+        import torch
 
-def _cpu_under_torchrun(args: TrainingArguments) -> None:
-    """Under ``torchrun`` on a machine without a GPU, train on the CPUs with gloo (accelerate needs ``use_cpu``)."""
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not args.use_cpu:
-        args.use_cpu = True
+        problems = self._problems()
+        if self.fp16 and self.bf16:
+            problems.append("choose one of fp16 and bf16")
+        r = self.warmup_ratio
+        if r is not None and "warmup_ratio" not in TrainingArguments.__dataclass_fields__:   # transformers 5
+            if not 0 <= r < 1:
+                problems.append(f"warmup_ratio must be in [0, 1), got {r}")
+            elif r > 0:
+                self.warmup_steps = float(r)
+        if problems:
+            raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems))
+        if self.deepspeed and importlib.util.find_spec("deepspeed") is None:
+            raise ImportError(DEEPSPEED_HINT)
+        # under torchrun on a machine without a GPU, train on the CPUs with gloo (accelerate needs use_cpu)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not self.use_cpu:
+            self.use_cpu = True
+        super().__post_init__()
 
 
 @dataclass
-class EmbedderTrainingArguments(TrainingArguments):
+class EmbedderTrainingArguments(_GroupTrainingArguments):
     """Arguments of :class:`bgekit.training.EmbedderTrainer` (``python -m bgekit.train --help`` lists all).
 
     Defaults that differ from ``TrainingArguments``: ``remove_unused_columns=False`` (the batches are
@@ -62,14 +78,8 @@ class EmbedderTrainingArguments(TrainingArguments):
     frozen) and ``save_safetensors``; everything else is transformers' default.
     """
 
-    # --- model (FlagEmbedding ModelArguments)
-    model_name_or_path: str | None = field(default=None, metadata={
-        "help": "hub id or folder of the model to fine-tune; default: the course mode's embedder"})
+    # --- model and data (FlagEmbedding ModelArguments, DataArguments; model_name_or_path, train_data above)
     tokenizer_name: str | None = field(default=None, metadata={"help": "tokenizer, if not the model's own"})
-    # --- data (FlagEmbedding DataArguments)
-    train_data: str | None = field(default=None, metadata={
-        "help": "FlagEmbedding JSONL ({query, pos: [...], neg: [...]} per line) or a folder of *.jsonl files"})
-    train_group_size: int = field(default=8, metadata={"help": "passages per query: 1 positive + N-1 negatives"})
     query_max_len: int = field(default=32, metadata={"help": "max tokens per query (instruction included)"})
     passage_max_len: int = field(default=128, metadata={"help": "max tokens per passage"})
     max_example_num_per_dataset: int | None = field(default=None, metadata={
@@ -102,18 +112,13 @@ class EmbedderTrainingArguments(TrainingArguments):
     mask_shared_positives: bool = field(default=True, metadata={
         "help": "(bgekit) leave out of a query's softmax the in-batch (and cross-device) passages whose text is "
                 "one of the query's own positives (two queries sharing an answer are not each other's negatives)"})
-
-    remove_unused_columns: bool = field(default=False, metadata={"help": "keep bgekit's batch columns"})
-    warmup_ratio: float | None = field(default=None, metadata={"help": _RATIO_HELP})
     logging_dir: str | None = field(default=None, metadata={
         "help": "TensorBoard log folder (the transformers 4.x option FlagEmbedding's examples pass; transformers 5 "
                 "reads TENSORBOARD_LOGGING_DIR, which this sets)"})
 
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("train_group_size", "query_max_len", "passage_max_len"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+    def _problems(self) -> list[str]:
+        problems = [f"{n} must be >= 1, got {getattr(self, n)}" for n in ("train_group_size", "query_max_len",
+                                                                         "passage_max_len") if getattr(self, n) < 1]
         if not self.temperature > 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if self.cached_mini_batch_size < 0:
@@ -122,17 +127,13 @@ class EmbedderTrainingArguments(TrainingArguments):
             problems.append(f"sentence_pooling_method must be 'cls' or 'mean', got {self.sentence_pooling_method!r}")
         if self.max_example_num_per_dataset is not None and self.max_example_num_per_dataset < 1:
             problems.append(f"max_example_num_per_dataset must be >= 1, got {self.max_example_num_per_dataset}")
-        if self.fp16 and self.bf16:
-            problems.append("choose one of fp16 and bf16")
-        problems += _warmup_ratio(self)
-        if problems:
-            raise ValueError("Invalid training arguments: " + "; ".join(problems))
+        return problems
+
+    def __post_init__(self) -> None:
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = False
         if self.logging_dir and "logging_dir" not in TrainingArguments.__dataclass_fields__:
             os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.logging_dir)
-        _check_deepspeed(self)
-        _cpu_under_torchrun(self)
         super().__post_init__()
 
     # FlagEmbedding's older spelling, kept as an alias
@@ -146,7 +147,7 @@ class EmbedderTrainingArguments(TrainingArguments):
 
 
 @dataclass
-class RerankerTrainingArguments(TrainingArguments):
+class RerankerTrainingArguments(_GroupTrainingArguments):
     """Arguments of :func:`bgekit.training.train_reranker` (FlagEmbedding's reranker names, ``TrainingArguments``).
 
     Defaults that differ from ``TrainingArguments`` suit a short CPU run of the course reranker:
@@ -157,17 +158,12 @@ class RerankerTrainingArguments(TrainingArguments):
     8
     """
 
-    model_name_or_path: str | None = field(default=None, metadata={
-        "help": "encoder to start from; default: the bundled all-MiniLM-L6-v2 (a fresh 1-logit head is added)"})
-    train_data: str | None = field(default=None, metadata={
-        "help": "FlagEmbedding JSONL ({query, pos, neg}); default: the BEIR folder data_dir, split `split`"})
     data_dir: str | None = field(default=None, metadata={"help": "BEIR folder; default: the course data"})
     split: str = field(default="train", metadata={"help": "qrels split to train on (BEIR data)"})
     max_queries: int | None = field(default=None, metadata={"help": "use at most this many training queries"})
     holdout_queries: int = field(default=0, metadata={
         "help": "keep this many training queries (drawn with the seed) out of training, for validation: tuning "
                 "the rerank depth or a fusion weight on them keeps the test split unseen (result.holdout_qids)"})
-    train_group_size: int = field(default=8, metadata={"help": "passages per query: 1 positive + N-1 negatives"})
     hard_negatives: str = field(default="dense", metadata={
         "help": "where negatives come from for BEIR data: 'dense' (bundled encoder), 'bm25' or 'random'"})
     negative_range: tuple[int, int] = field(default=(0, 50), metadata={
@@ -185,36 +181,26 @@ class RerankerTrainingArguments(TrainingArguments):
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)"})
     logging_steps: float = field(default=1, metadata={"help": "log the loss every N steps"})
     save_strategy: str = field(default="no", metadata={"help": "checkpoints: 'no', 'steps' or 'epoch'"})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "keep bgekit's batch columns"})
 
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.output_dir:
-            problems.append("output_dir is required")
-        if int(self.per_device_train_batch_size) < 1:
-            problems.append(f"per_device_train_batch_size must be >= 1, got {self.per_device_train_batch_size}")
-        if int(self.train_group_size) < 2:
-            problems.append(f"train_group_size must be >= 2 (a positive and at least one negative), "
-                            f"got {self.train_group_size}")
-        if int(self.max_len) < 16:
-            problems.append(f"max_len must be >= 16, got {self.max_len}")
-        if not self.num_train_epochs > 0 and self.max_steps <= 0:
-            problems.append(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
-        problems += _warmup_ratio(self)
-        if self.hard_negatives not in ("dense", "bm25", "random"):
-            problems.append(f"hard_negatives must be one of ('dense', 'bm25', 'random'), got {self.hard_negatives!r}")
+    def _problems(self) -> list[str]:
         lo, hi = self.negative_range
-        if not 0 <= int(lo) < int(hi):
-            problems.append(f"negative_range must be (start, end) with 0 <= start < end, got {self.negative_range}")
-        if int(self.freeze_layers) < 0:
-            problems.append(f"freeze_layers must be >= 0, got {self.freeze_layers}")
-        if int(self.holdout_queries) < 0:
-            problems.append(f"holdout_queries must be >= 0, got {self.holdout_queries}")
-        if self.max_queries is not None and self.max_queries < 1:
-            problems.append(f"max_queries must be >= 1 or None, got {self.max_queries}")
-        if problems:
-            raise ValueError("Invalid reranker training arguments: " + "; ".join(problems))
+        checks = [
+            (bool(self.output_dir), "output_dir is required"),
+            (self.per_device_train_batch_size >= 1, f"per_device_train_batch_size must be >= 1, got "
+                                                    f"{self.per_device_train_batch_size}"),
+            (self.train_group_size >= 2, f"train_group_size must be >= 2 (a positive and at least one negative), "
+                                         f"got {self.train_group_size}"),
+            (self.max_len >= 16, f"max_len must be >= 16, got {self.max_len}"),
+            (self.num_train_epochs > 0 or self.max_steps > 0, f"num_train_epochs must be > 0, got "
+                                                              f"{self.num_train_epochs}"),
+            (self.hard_negatives in ("dense", "bm25", "random"), f"hard_negatives must be one of ('dense', 'bm25', "
+                                                                 f"'random'), got {self.hard_negatives!r}"),
+            (0 <= int(lo) < int(hi), f"negative_range must be (start, end) with 0 <= start < end, got "
+                                     f"{self.negative_range}"),
+            (self.freeze_layers >= 0, f"freeze_layers must be >= 0, got {self.freeze_layers}"),
+            (self.holdout_queries >= 0, f"holdout_queries must be >= 0, got {self.holdout_queries}"),
+            (self.max_queries is None or self.max_queries >= 1, f"max_queries must be >= 1 or None, got "
+                                                                f"{self.max_queries}"),
+        ]
         self.negative_range = (int(lo), int(hi))
-        _check_deepspeed(self)
-        _cpu_under_torchrun(self)
-        super().__post_init__()
+        return [msg for ok, msg in checks if not ok]

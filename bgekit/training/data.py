@@ -34,11 +34,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "EmbedderCollator",
-    "EmbedderDataset",
+    "GroupDataset",
     "EpochCallback",
     "RerankerCollator",
-    "RerankerDataset",
-    "RerankerExample",
     "TrainExample",
     "build_reranker_examples",
     "holdout_split",
@@ -55,7 +53,7 @@ class TrainExample:
     query: str
     pos: list[str]
     neg: list[str]
-    where: str
+    where: str = ""
 
 
 def _data_files(train_data: str | os.PathLike) -> list[Path]:
@@ -149,15 +147,18 @@ def sample_group(ex: TrainExample, rng: np.random.Generator, group_size: int, po
     """``[positive, negative_1, ..., negative_{group_size-1}]`` for one query.
 
     The positive is one of ``ex.pos``; negatives come from ``ex.neg`` (without repetition) and, when
-    there are too few, from ``pool`` (never a positive or a repeat).
+    there are too few, from ``pool``; a negative is never one of the query's positives (the softmax would push a
+    right answer down) nor a repeat. The embedder and the reranker trainers both draw their groups here.
+
+    Raises:
+        ValueError: the pool has too few other passages.
     """
     group = [ex.pos[int(rng.integers(len(ex.pos)))]]
     need = group_size - 1
-    if need == 0:
-        return group
-    if len(ex.neg) >= need:
-        return group + [ex.neg[i] for i in rng.choice(len(ex.neg), need, replace=False)]
-    negs = [ex.neg[i] for i in rng.permutation(len(ex.neg))]
+    hard = [n for n in ex.neg if n not in set(ex.pos)]
+    if len(hard) >= need:
+        return group + [hard[i] for i in rng.choice(len(hard), need, replace=False)]
+    negs = [hard[i] for i in rng.permutation(len(hard))]
     taken = set(negs) | set(ex.pos)
     for i in rng.permutation(len(pool)):
         if len(negs) == need:
@@ -170,11 +171,9 @@ def sample_group(ex: TrainExample, rng: np.random.Generator, group_size: int, po
     return group + negs
 
 
-class EmbedderDataset(torch.utils.data.Dataset):
-    """Item ``i``: ``{"query", "passages" (group, positive first), "pos"}`` for row ``i``.
-
-    Drawn with ``(seed, epoch, i)``.
-    """
+class GroupDataset(torch.utils.data.Dataset):
+    """Item ``i``: ``{"query", "passages" (group, positive first), "pos"}`` for row ``i``, drawn with
+    ``(seed, epoch, i)``: the training data of both trainers (a bi-encoder's groups, a cross-encoder's pairs)."""
 
     def __init__(self, examples: Sequence[TrainExample], pool: Sequence[str], group_size: int, seed: int) -> None:
         self.examples, self.pool, self.group_size, self.seed = list(examples), list(pool), group_size, seed
@@ -194,7 +193,7 @@ class EmbedderDataset(torch.utils.data.Dataset):
 
 
 class EmbedderCollator:
-    """Tokenises a list of :class:`EmbedderDataset` items into ``{"query", "passage", "query_pos_ids", "passage_ids"}``.
+    """Tokenises a list of :class:`GroupDataset` items into ``{"query", "passage", "query_pos_ids", "passage_ids"}``.
 
     ``query``/``passage`` are tokenizer outputs (instructions prepended); the ids are :func:`text_ids` of
     each query's positives ``(B, max_pos)`` (0-padded) and of the passages ``(B * G,)``, for masking.
@@ -229,25 +228,10 @@ class EpochCallback(TrainerCallback):
 
 
 # --------------------------------------------------------------------------------------------- reranker
-@dataclass
-class RerankerExample:
-    """One training query: its text, its positives, and its candidate (hard) negatives."""
-
-    query: str
-    pos: list[str]
-    neg: list[str]
-
-
-def reranker_examples_from_jsonl(path: str | os.PathLike) -> tuple[list[RerankerExample], list[str]]:
-    """Rows of a FlagEmbedding JSONL file as reranker examples, and the pool of all their passages."""
-    examples, pool = load_train_examples(path)
-    return [RerankerExample(e.query, e.pos, e.neg) for e in examples], pool
-
-
 def build_reranker_examples(data_dir: str | os.PathLike, split: str = "train", hard_negatives: str = "dense",
                             negative_range: tuple[int, int] = (0, 50), retriever: Any = None,
                             max_queries: int | None = None, seed: int = 42,
-                            exclude: Sequence[str] = ()) -> tuple[list[RerankerExample], list[str]]:
+                            exclude: Sequence[str] = ()) -> tuple[list[TrainExample], list[str]]:
     """Training examples from a BEIR split: positives from the qrels (relevance > 0), hard negatives
     from a retriever's top hits at ranks ``negative_range`` (positives and judged documents removed).
 
@@ -291,7 +275,7 @@ def build_reranker_examples(data_dir: str | os.PathLike, split: str = "train", h
         pos = [texts[d] for d, r in sorted(judged.items(), key=lambda kv: (-kv[1], kv[0])) if r > 0]
         # judged documents are never negatives (a partly relevant passage is not a wrong answer)
         cands = [d for d in row if d not in judged and d in texts][lo:hi]
-        examples.append(RerankerExample(data.queries[qid], pos, [texts[d] for d in cands]))
+        examples.append(TrainExample(data.queries[qid], pos, [texts[d] for d in cands], f"{split}:{qid}"))
     return examples, list(texts.values())
 
 
@@ -317,57 +301,15 @@ def holdout_split(data_dir: str | os.PathLike, split: str, n: int, seed: int = 4
     return sorted(random.Random(f"holdout-{seed}").sample(qids, n))
 
 
-def make_reranker_group(ex: RerankerExample, size: int, pool: Sequence[str], rng: random.Random) -> list[str]:
-    """``[positive, negative, ...]`` of length ``size``: hard negatives first, random passages to fill up.
-
-    A negative is never one of the query's positives (the group softmax would push a right answer down).
-    """
-    pos = rng.choice(ex.pos)
-    banned = set(ex.pos)
-    hard = [n for n in ex.neg if n not in banned]
-    n = size - 1
-    negs = rng.sample(hard, n) if len(hard) >= n else list(hard)
-    banned |= set(negs)
-    tries = 0
-    while len(negs) < n and tries < 50 * n:
-        cand = pool[rng.randrange(len(pool))]
-        tries += 1
-        if cand not in banned:
-            negs.append(cand)
-            banned.add(cand)
-    while len(negs) < n:  # a tiny pool: repeat negatives rather than fail
-        negs.append(rng.choice(hard or [p for p in pool if p not in ex.pos] or ["[empty]"]))
-    return [pos, *negs]
-
-
-class RerankerDataset(torch.utils.data.Dataset):
-    """Item ``i``: ``(query, group)`` for example ``i``, drawn with ``(seed, epoch, i)``."""
-
-    def __init__(self, examples: Sequence[RerankerExample], pool: Sequence[str], group_size: int, seed: int) -> None:
-        self.examples, self.pool, self.group_size, self.seed, self.epoch = list(examples), list(pool), group_size, \
-            seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> tuple[str, list[str]]:
-        ex = self.examples[i]
-        rng = random.Random(f"{self.seed}-{self.epoch}-{int(i)}")
-        return ex.query, make_reranker_group(ex, self.group_size, self.pool, rng)
-
-
 class RerankerCollator:
-    """``(query, group)`` items -> the padded pair batch of ``bgekit.reranker.tokenize_pairs`` (rows: query-major)."""
+    """:class:`GroupDataset` items -> the padded pair batch of ``bgekit.reranker.tokenize_pairs`` (query-major)."""
 
     def __init__(self, tokenizer: Any, max_len: int) -> None:
         self.tokenizer, self.max_len = tokenizer, max_len
 
-    def __call__(self, items: Sequence[tuple[str, list[str]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         from ..reranker import tokenize_pairs
 
-        pairs = [(q, p) for q, group in items for p in group]
+        pairs = [(it["query"], p) for it in items for p in it["passages"]]
         feats, _ = tokenize_pairs(self.tokenizer, pairs, self.max_len)
         return dict(self.tokenizer.pad(feats, padding=True, return_tensors="pt"))

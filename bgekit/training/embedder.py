@@ -42,8 +42,8 @@ from ..embedder import pool
 from .arguments import EmbedderTrainingArguments
 from .data import (
     EmbedderCollator,
-    EmbedderDataset,
     EpochCallback,
+    GroupDataset,
     load_corpus_texts,
     load_train_examples,
 )
@@ -86,13 +86,6 @@ def is_oom(exc: BaseException) -> bool:
         return True
     msg = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
-
-
-def _load_auto_model(path: str) -> torch.nn.Module:
-    """``AutoModel.from_pretrained(path)`` in float32 (the master weights of mixed-precision training)."""
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(path, dtype=torch.float32)
 
 
 def _final_spec(args: EmbedderTrainingArguments, model: torch.nn.Module) -> models.ModelSpec:
@@ -171,13 +164,13 @@ class EmbedderTrainer(Trainer):
 
 
 def _prepare_model(args: EmbedderTrainingArguments) -> tuple[Any, torch.nn.Module]:
-    from transformers import AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     name = args.model_name_or_path
-    path = models.resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(models.resolve_model(args.tokenizer_name or name))
-        model = _load_auto_model(path)
+        # float32: the master weights of mixed-precision training
+        model = AutoModel.from_pretrained(models.resolve_model(name), dtype=torch.float32)
     except Exception as e:
         raise models.load_error(name, e) from e
     # a pooler head (BERT) is not used by CLS/mean pooling: frozen, so DDP sees no unused parameters
@@ -211,7 +204,7 @@ def build_embedder_trainer(args: EmbedderTrainingArguments) -> EmbedderTrainer:
                        args.temperature)
     tokenizer, model = _prepare_model(args)
     spec = _final_spec(args, model)
-    dataset = EmbedderDataset(examples, pool_texts, args.train_group_size, args.seed)
+    dataset = GroupDataset(examples, pool_texts, args.train_group_size, args.seed)
     collator = EmbedderCollator(tokenizer, args.query_max_len, args.passage_max_len, dataset.max_pos,
                                 args.query_instruction_for_retrieval, args.passage_instruction_for_retrieval)
     trainer = EmbedderTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
@@ -223,10 +216,28 @@ def build_embedder_trainer(args: EmbedderTrainingArguments) -> EmbedderTrainer:
     return trainer
 
 
-def _resume_arg(value: Any) -> Any:
-    if isinstance(value, str) and value.lower() in ("latest", "true"):
-        return True
-    return value or None
+def with_fields(cls: type, args: Any, kwargs: dict[str, Any]) -> Any:
+    """``args`` (an arguments dataclass, or ``None``: built from ``kwargs``) with ``kwargs`` set, on a copy."""
+    if args is None:
+        return cls(**kwargs)
+    return dataclasses.replace(args, **kwargs) if kwargs else args
+
+
+def fit(trainer: Trainer, resume_from_checkpoint: Any = None) -> None:
+    """``trainer.train()``, with ``"latest"``/``"true"`` meaning the last checkpoint, and out-of-memory advice.
+
+    Raises:
+        TrainingOutOfMemory: the step did not fit; the message says what to change (:func:`oom_advice`).
+    """
+    resume = resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("latest", "true"):
+        resume = True
+    try:
+        trainer.train(resume_from_checkpoint=resume or None)
+    except Exception as e:
+        if is_oom(e):
+            raise TrainingOutOfMemory(oom_advice(trainer.args)) from e
+        raise
 
 
 def train_embedder(args: EmbedderTrainingArguments | None = None, **kwargs: Any) -> Path:
@@ -248,17 +259,9 @@ def train_embedder(args: EmbedderTrainingArguments | None = None, **kwargs: Any)
     ...                      per_device_train_batch_size=16, train_group_size=4)
     >>> Embedder(out)                                                                         # doctest: +SKIP
     """
-    if args is None:
-        args = EmbedderTrainingArguments(**kwargs)
-    elif kwargs:
-        args = dataclasses.replace(args, **kwargs)
+    args = with_fields(EmbedderTrainingArguments, args, kwargs)
     trainer = build_embedder_trainer(args)
-    try:
-        trainer.train(resume_from_checkpoint=_resume_arg(args.resume_from_checkpoint))
-    except Exception as e:
-        if is_oom(e):
-            raise TrainingOutOfMemory(oom_advice(args)) from e
-        raise
+    fit(trainer, args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     trainer.save_state()
     return Path(args.output_dir)

@@ -39,12 +39,12 @@ from .._io import atomic_dir, atomic_write_json
 from .arguments import RerankerTrainingArguments
 from .data import (
     EpochCallback,
+    GroupDataset,
     RerankerCollator,
-    RerankerDataset,
-    RerankerExample,
+    TrainExample,
     build_reranker_examples,
     holdout_split,
-    reranker_examples_from_jsonl,
+    load_train_examples,
 )
 from .losses import group_loss
 
@@ -65,8 +65,9 @@ __all__ = [
 
 #: file in the saved folder with the arguments, the data stamp and the loss history
 TRAIN_INFO_FILE = "train_reranker.json"
-#: the public name bgekit has always exported
+#: the public names bgekit has always exported
 RerankerTrainArgs = RerankerTrainingArguments
+RerankerExample = TrainExample
 _NOT_STAMPED = {"output_dir", "logging_dir", "logging_steps", "disable_tqdm", "report_to", "run_name",
                 "dataloader_num_workers", "use_cpu"}
 
@@ -225,12 +226,9 @@ def train_reranker(args: RerankerTrainingArguments | None = None, *, retriever: 
     >>> len(res.losses) == res.n_steps                                           # doctest: +SKIP
     True
     """
-    from .embedder import TrainingOutOfMemory, is_oom, oom_advice
+    from .embedder import fit, with_fields
 
-    if args is None:
-        args = RerankerTrainingArguments(**kwargs)
-    elif kwargs:
-        args = dataclasses.replace(args, **kwargs)
+    args = with_fields(RerankerTrainingArguments, args, kwargs)
     if not args.train_data and args.data_dir is None:
         from ..data import course_data_dir
 
@@ -258,7 +256,7 @@ def train_reranker(args: RerankerTrainingArguments | None = None, *, retriever: 
         raise ValueError("holdout_queries works on BEIR data (data_dir + split), not on a JSONL train_data file: "
                          "split the file yourself")
     if args.train_data:
-        examples, pool = reranker_examples_from_jsonl(args.train_data)
+        examples, pool = load_train_examples(args.train_data)
         if args.max_queries is not None and len(examples) > args.max_queries:
             examples = random.Random(args.seed).sample(examples, args.max_queries)
     else:
@@ -269,7 +267,7 @@ def train_reranker(args: RerankerTrainingArguments | None = None, *, retriever: 
                 len(examples), sum(len(e.neg) for e in examples) / len(examples), neg_from, len(pool))
 
     tokenizer, model = _load_model(args, base)
-    dataset = RerankerDataset(examples, pool, args.train_group_size, args.seed)
+    dataset = GroupDataset(examples, pool, args.train_group_size, args.seed)
     scratch = out_dir.parent / f".{out_dir.name}.trainer"  # checkpoints, if any, stay out of the final folder
     targs = dataclasses.replace(args, output_dir=str(scratch)) if args.save_strategy != "no" else args
     trainer = RerankerTrainer(model=model, args=targs, train_dataset=dataset,
@@ -278,12 +276,7 @@ def train_reranker(args: RerankerTrainingArguments | None = None, *, retriever: 
     logger.info("training %s -> reranker: %d queries x %d passages per step, lr %g, max_len %d",
                 Path(base).name or base, args.per_device_train_batch_size, args.train_group_size,
                 args.learning_rate, args.max_len)
-    try:
-        trainer.train()
-    except Exception as e:
-        if is_oom(e):
-            raise TrainingOutOfMemory(oom_advice(args)) from e
-        raise
+    fit(trainer)
     losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
     steps = int(trainer.state.global_step)
     seconds = time.perf_counter() - t0
