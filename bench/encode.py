@@ -8,6 +8,9 @@ difference between the embeddings.
     python bench/encode.py --gpu-bert-large     # on a CUDA machine: BERT-large shape (bge-large), fp16, 256 tokens
     python bench/encode.py --course --backends torch,onnx,onnx-int8,openvino,openvino-int8
         # course passages, every bgekit backend, with nDCG@10 on the course test split for each
+    python bench/encode.py --course --backends torch,onnx,onnx-int8,openvino,openvino-int8 \
+        --st-python ../stenv/bin/python
+        # and sentence-transformers' own onnx / openvino backends, from a second environment (bench/st_backends.py)
 """
 from __future__ import annotations
 
@@ -69,6 +72,10 @@ def main() -> None:
                     "nDCG@10 on the course test split for each path")
     ap.add_argument("--backends", default="torch",
                     help="bgekit paths, comma-separated: torch, onnx, onnx-int8, openvino, openvino-int8")
+    ap.add_argument("--st-python", default=None,
+                    help="Python of an environment with sentence-transformers[onnx,openvino] (their pins conflict "
+                         "with bgekit's): time its backends there on the same model and texts (bench/st_backends.py)")
+    ap.add_argument("--st-backends", default="torch,onnx,onnx-int8,openvino,openvino-int8")
     args = ap.parse_args()
     import logging
 
@@ -134,6 +141,12 @@ def main() -> None:
     print(f"model: {model} | device: {device} | fp16: {half} | texts: {len(texts)} | batch: {args.batch_size} | "
           f"rounds: {args.rounds} | torch threads: {torch.get_num_threads()}")
     ndcg = course_ndcg(course, encoders, outs, ids=list(course.corpus)) if args.course else {}
+    if args.st_python:
+        queries = [course.queries[q] for q in course.queries] if args.course else []
+        for name, (ts, docs, qv) in st_backends(args, model, texts, queries, ours.max_length).items():
+            times[name], outs[name] = ts, docs
+            if args.course and qv is not None:
+                ndcg[name] = ndcg_of(course, list(course.corpus), docs, qv)
     for name, ts in times.items():
         med, best = statistics.median(ts), min(ts)
         cos = (outs[name] * outs["bgekit"]).sum(1) / np.linalg.norm(outs[name], axis=1) / np.linalg.norm(
@@ -142,22 +155,62 @@ def main() -> None:
         print(f"{name:<26} {len(texts) / best:9.1f} docs/s best (median {len(texts) / med:7.1f})  "
               f"ratio vs ST torch {statistics.median(times['sentence-transformers']) / med:5.2f}x (best "
               f"{min(times['sentence-transformers']) / best:5.2f}x)  min cos vs bgekit torch {cos.min():.5f}{extra}")
+    ours_best = {k: min(v) for k, v in times.items() if k.startswith("bgekit")}
+    st_best = {k: min(v) for k, v in times.items() if not k.startswith("bgekit") and k != "FlagEmbedding"}
+    fast, st_fast = min(ours_best, key=ours_best.get), min(st_best, key=st_best.get)
+    loss = f", nDCG@10 loss vs bgekit fp32 {ndcg['bgekit'] - ndcg[fast]:+.4f} (goal <= 0.005)" if fast in ndcg else ""
+    print(f"goals (best runs): bgekit's fastest path ({fast}) is {min(times['sentence-transformers']) / ours_best[fast]:.2f}x "
+          f"sentence-transformers torch (goal 2.0x) and {st_best[st_fast] / ours_best[fast]:.2f}x sentence-transformers' "
+          f"fastest ({st_fast}; goal 1.0x){loss}")
 
 
-def course_ndcg(course, encoders, outs, ids) -> dict[str, float]:
-    """nDCG@10 on the course test split: each path's own corpus vectors (from the timed runs) and queries."""
+def st_backends(args, model: str, texts: list[str], queries: list[str], max_length: int) -> dict:
+    """Run bench/st_backends.py with ``--st-python``; ``{name: (seconds per round, doc vectors, query vectors)}``."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = Path(tmp) / "inputs.json"
+        inputs.write_text(json.dumps({"texts": texts, "queries": queries}), encoding="utf-8")
+        cmd = [args.st_python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "st_backends.py"),
+               "--model", model, "--inputs", str(inputs), "--out", tmp, "--backends", args.st_backends,
+               "--batch-size", str(args.batch_size), "--rounds", str(args.rounds), "--max-seq-length", str(max_length)]
+        print("running sentence-transformers' backends in", args.st_python, flush=True)
+        subprocess.run(cmd, check=True, stdout=sys.stdout, stderr=subprocess.DEVNULL)
+        res = json.loads((Path(tmp) / "results.json").read_text(encoding="utf-8"))
+        print("second environment:", ", ".join(f"{k} {v}" for k, v in res["versions"].items()))
+        for backend, r in res["backends"].items():
+            if "skipped" in r:
+                print(f"ST {backend} skipped: {r['skipped']}")
+                continue
+            qpath = Path(tmp) / f"{backend}-queries.npy"
+            out[f"ST env2 {backend}"] = (r["seconds"], np.load(Path(tmp) / f"{backend}-docs.npy"),
+                                         np.load(qpath) if qpath.exists() else None)
+    return out
+
+
+def ndcg_of(course, ids: list[str], docs: np.ndarray, queries: np.ndarray) -> float:
+    """nDCG@10 on the course test split of exact search with these corpus and query vectors."""
     from bgekit.index import DenseIndex
     from bgekit.metrics import evaluate
 
     qids = list(course.queries)
-    out = {}
-    for name, enc in encoders.items():
-        index = DenseIndex(enc.dim)
-        index.add(ids, outs[name])
-        found, scores = index.search(enc.encode_queries([course.queries[q] for q in qids], show_progress=False), 10)
-        run = {q: {d: float(x) for d, x in zip(r, sc)} for q, r, sc in zip(qids, found, scores)}
-        out[name] = evaluate(run, course.qrels, ks=(10,), metrics=("ndcg",))["ndcg@10"]
-    return out
+    index = DenseIndex(docs.shape[1])
+    index.add(ids, docs)
+    found, scores = index.search(queries, 10)
+    run = {q: {d: float(x) for d, x in zip(r, sc)} for q, r, sc in zip(qids, found, scores)}
+    return evaluate(run, course.qrels, ks=(10,), metrics=("ndcg",))["ndcg@10"]
+
+
+def course_ndcg(course, encoders, outs, ids) -> dict[str, float]:
+    """nDCG@10 on the course test split: each path's own corpus vectors (from the timed runs) and queries."""
+    queries = [course.queries[q] for q in course.queries]
+    return {name: ndcg_of(course, ids, outs[name], enc.encode_queries(queries, show_progress=False))
+            for name, enc in encoders.items()}
 
 
 if __name__ == "__main__":

@@ -286,9 +286,10 @@ print(f"fusion weight w = {weight:g} (validation nDCG@10 {by_weight[weight]:.4f}
 # %%
 qid = sorted(data.queries)[0]
 q = data.queries[qid]
-# Sizes follow the LLM in use, not the mode: the local 135M model on a CPU gets short answers; an API model 256
-# tokens. Section 6 times this first answer and evaluates as many questions as fit its time budget.
-max_tokens = 96 if llm is None or llm.server is not None else 256
+# Sizes follow the LLM in use, not the mode: the local 135M model on a CPU gets short answers; an API model 160
+# tokens (a cited answer of a few sentences). Section 6 times this first answer and evaluates as many questions as
+# fit its time budget.
+max_tokens = 96 if llm is None or llm.server is not None else 160
 if llm_ready("the first RAG answer"):
     t_first = time.perf_counter()
     res = rag.answer(q, retriever, llm, reranker=reranker, fusion_weight=weight, k=20, top_n=4,

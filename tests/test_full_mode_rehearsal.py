@@ -1,9 +1,10 @@
 """The full-mode rehearsal in CI: every notebook of notebooks/solutions/ runs in full mode on a CPU with tiny random
 stand-ins under the hub ids full mode loads, and the real llama.cpp server behind an API key (see tests/rehearsal.py).
 
-* fp32: every notebook, in order (04 writes the mined file 05 trains on, 02 the embedding cache 03 and 06 read);
-* fp16 forced on the CPU (``BGEKIT_FORCE_FP16=1``, standing in for a GPU's numerics): the notebooks whose checks
-  compare numbers the dtype moves: ``FP16_NOTEBOOKS``;
+* every notebook, in order, in one work folder (04 writes the mined file 05 trains on, 02 the embedding cache 03
+  and 06 read): in fp32, except ``FP16_NOTEBOOKS``, the notebooks whose checks compare numbers the dtype moves,
+  which run with fp16 forced on the CPU (``BGEKIT_FORCE_FP16=1``, standing in for a GPU's numerics: a GPU is
+  where full mode runs); their fp32 code is the same code in another dtype, run by the small-mode notebooks;
 * the "BGE on a laptop" track: small mode with ``BAAI/bge-small-en-v1.5`` in the cache (a stand-in), notebook 01.
 
 The collection is cut down (tests/rehearsal.py: build_data_subset; 30 test and 130 train queries, the passages
@@ -21,8 +22,7 @@ ALL = [p.stem for p in rehearsal.notebooks()]
 # and 04 (mining scores, the margin and reranker guards); 01, 02, 05 and 06 run the same encoder code in fp32
 FP16_NOTEBOOKS = ["03_reranking", "04_hard_negative_mining"]
 LAPTOP_NOTEBOOKS = ["01_embeddings"]
-RUNS = ([("fp32", nb) for nb in ALL] + [("fp16", nb) for nb in FP16_NOTEBOOKS]
-        + [("laptop", nb) for nb in LAPTOP_NOTEBOOKS])
+RUNS = [("fp16" if nb in FP16_NOTEBOOKS else "fp32", nb) for nb in ALL] + [("laptop", nb) for nb in LAPTOP_NOTEBOOKS]
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,8 @@ def llm_server():
 
 @pytest.fixture(scope="module")
 def work_dirs(tmp_path_factory):
-    return {kind: tmp_path_factory.mktemp(f"work-{kind}") for kind in ("fp32", "fp16", "laptop")}
+    full = tmp_path_factory.mktemp("work-full")   # one chain: 03 and 04 (fp16) hand their files on to 05 (fp32)
+    return {"fp32": full, "fp16": full, "laptop": tmp_path_factory.mktemp("work-laptop")}
 
 
 @pytest.mark.parametrize("kind, name", RUNS, ids=[f"{k}-{n}" for k, n in RUNS])
@@ -75,11 +76,14 @@ def test_notebook_in_full_mode(kind, name, hf_home, data_subset, llm_server, wor
         assert "LLMClient(provider='openai', base_url='http://127.0.0.1:" in run.text   # the API path, with a key
 
 
-def test_notebook_06_without_a_key_or_a_local_model_skips_clearly(tmp_path, data_subset):
+def test_notebook_06_without_a_key_or_a_local_model_skips_clearly(tmp_path, hf_home, data_subset, work_dirs):
     """No API key and no local model (the llama.cpp model file is missing): section 1 says how to add a key (Colab
     Secrets, the environment) and how to run offline, and every later cell that needs an LLM says it is skipped;
-    the notebook runs to the end (it used to stop with a LocalServerError, then fail cell after cell)."""
-    env = rehearsal.rehearsal_env(tmp_path / "empty-hf", tmp_path / "work", fp16=False, server=None, mode="small",
+    the notebook runs to the end (it used to stop with a LocalServerError, then fail cell after cell).
+
+    Full mode, in the work folder of the chain above (its embeddings are cached there), so this run costs little
+    beyond the notebook's own cells; the LLM-free paths it checks are the same in both modes."""
+    env = rehearsal.rehearsal_env(hf_home, work_dirs["fp32"], fp16=False, server=None, mode="full",
                                   data=data_subset)
     env["BGEKIT_GGUF"] = str(tmp_path / "missing.gguf")
     run = rehearsal.run_notebook(rehearsal.SOLUTIONS / "06_llm_integration.ipynb", env, rehearsal.SOLUTIONS)

@@ -236,8 +236,10 @@ def test_holdout_refused_for_jsonl(tmp_path):
 def test_bf16_training_learns(tmp_path, beir_dir):
     from bgekit.config import fast_bf16
 
+    # this CPU has no native bf16 (AVX2 only), so autocast emulates it, 10x slower than fp32: the lowest 4 of 6
+    # layers stay frozen (no backward through them) to keep the test short; the loss must still fall
     res = train_reranker(output_dir=str(tmp_path / "rr"), data_dir=str(beir_dir), hard_negatives="bm25",
-                         num_train_epochs=8, bf16=True, **FAST)
+                         num_train_epochs=8, bf16=True, **(FAST | {"max_len": 48}), freeze_layers=4)
     first, last = sum(res.losses[:2]) / 2, sum(res.losses[-2:]) / 2
     assert last < first - 0.3, res.losses          # bf16 autocast trains (the loss is computed in fp32)
     rr = Reranker(res, device="cpu")
