@@ -174,6 +174,28 @@ def executed_is_current(name: str, solution_text: str) -> bool:
     return path.exists() and _code_of(path.read_text(encoding="utf-8")) == _code_of(solution_text)
 
 
+def clean_paths(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Replace this machine's folders in the outputs (the course folder, the Python environment) by placeholders."""
+    import sys
+    import sysconfig
+
+    swaps = [(sysconfig.get_paths()["purelib"], "<site-packages>"), (sys.prefix, "<python>"), (str(ROOT), "<course>")]
+
+    def clean(text: str) -> str:
+        for old, new in swaps:
+            text = text.replace(old, new)
+        return text
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                out["text"] = clean(out["text"])
+            for mime, data in out.get("data", {}).items():
+                if mime.startswith("text/") and isinstance(data, str):
+                    out["data"][mime] = clean(data)
+    return nb
+
+
 def execute(name: str, solution_text: str, timeout: int = 900) -> None:
     """Run a solution notebook top to bottom in small mode and save it, outputs kept, as ``executed/name``."""
     import os
@@ -189,6 +211,7 @@ def execute(name: str, solution_text: str, timeout: int = 900) -> None:
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(SOLUTIONS)}}).execute()
     print(f"executed {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    clean_paths(nb)
     EXECUTED.mkdir(exist_ok=True)
     _write(EXECUTED / name, nbformat.writes(nb) + "\n")
 
