@@ -113,8 +113,10 @@ print(f"{len(doc_ids)} passages, {len(qids)} test queries, {encoder.dim}-d vecto
 #
 # The transformer forward pass is where the time goes. Three runtimes can execute the same weights:
 # **PyTorch** (what we used so far), **ONNX Runtime** and **OpenVINO** (Intel's runtime, often the fastest on
-# Intel CPUs). Each can also run an **int8** model, whose matrix products use 8-bit integers: faster, but the
-# vectors move a little. `bgekit.Embedder(..., backend=..., quantize=...)` keeps everything else identical (the
+# Intel CPUs). Each can also run an **int8** model, whose matrix products use 8-bit integers, and the vectors
+# move a little. int8 is faster only where the CPU multiplies 8-bit integers natively (AVX-512 VNNI, AMX): on the
+# course's 2-core CI machine (AVX2, no VNNI) `bench/encode.py` measured ONNX Runtime int8 at 1.03x fp32 PyTorch and
+# OpenVINO int8 at 0.53x (README, "Performance"), so measure on your own machine. `bgekit.Embedder(..., backend=..., quantize=...)` keeps everything else identical (the
 # same tokenisation, length-sorted batching, pooling, normalisation and query instruction), so the vectors can be
 # compared one to one with the PyTorch fp32 ones.
 #
@@ -461,8 +463,8 @@ with check("binary search by hand"):
 # %% [markdown]
 # ## Summary
 #
-# - **Backends**: ONNX Runtime and OpenVINO run the same weights, often faster on a CPU; int8 models are faster
-#   still but move the vectors. Always check a faster model against the reference vectors and a retrieval metric.
+# - **Backends**: ONNX Runtime and OpenVINO run the same weights, often faster on a CPU; int8 models move the
+#   vectors and are faster only on CPUs with 8-bit integer instructions (VNNI, AMX). Always check a faster model against the reference vectors and a retrieval metric.
 # - **int8 vectors** (`kind="sq8"`) cost a quarter of float32 and keep almost all of the quality.
 # - **Binary vectors** cost 1/32 and lose quality on their own; **rescoring** `rescore × k` candidates with the float
 #   query (`DenseIndex(..., rescore=10)`) brings nDCG@10 back to float level, with the copy on disk
