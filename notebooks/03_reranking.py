@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | intermediate | runs in about 3 min in small mode (CI, 2 CPU cores, measured); about 10 min on a Colab T4 in full mode (estimated) | 01, 02 |
+# | intermediate | runs in 13 min (801 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 10 min on a Colab T4 in full mode (estimated) | 01, 02 |
 #
 # **What you will learn**
 # - why a bi-encoder (an embedding model) misses things, and how a **cross-encoder** reads query and passage *together*;

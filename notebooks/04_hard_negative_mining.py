@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | intermediate | runs in about 26 s in small mode (CI, 2 CPU cores, measured); about 5 min on a Colab T4 in full mode (estimated) | 02 (03 for the reranker guard) |
+# | intermediate | runs in 74 s in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 5 min on a Colab T4 in full mode (estimated) | 02 (03 for the reranker guard) |
 #
 # Fine-tuning an embedding model (notebook 05) means showing it a query, a passage that answers it
 # (the *positive*) and passages that do not (the *negatives*), and pulling the first pair together

@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | advanced | runs in about 80 s in small mode (CI, 2 CPU cores, measured); about 25 min on a Colab T4 in full mode (estimated) | 02, 04 |
+# | advanced | runs in 4 min (256 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 25 min on a Colab T4 in full mode (estimated) | 02, 04 |
 #
 # An off-the-shelf embedder knows a lot about language in general and nothing in particular about
 # *your* questions and *your* documents. Fine-tuning adapts it: we show it training queries with a

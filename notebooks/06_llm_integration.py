@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | intermediate | runs in about 95 s in small mode (CI, 2 CPU cores, measured); about 5 min with an API key on a Colab T4 in full mode (estimated) | 02, 03 |
+# | intermediate | runs in 7 min (413 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 5 min with an API key on a Colab T4 in full mode (estimated) | 02, 03 |
 #
 # The last step of the course: answer questions with a large language model (LLM) that is *grounded*
 # in what the retriever found. The retriever of the earlier notebooks finds passages; the LLM reads

@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | advanced | about 2-3 min in small mode (CI, 2 CPU cores; estimated, not yet measured on a quiet machine: the sections timed so far ran on 2 cores shared at a load average of 20); about 6 min on a Colab T4 in full mode (estimated) | 01, 02 |
+# | advanced | runs in 3 min (158 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 6 min on a Colab T4 in full mode (estimated) | 01, 02 |
 #
 # A fine-tuned BGE model is only useful if you can afford to run it. The questions learners ask most, once the
 # model works, are: *how do I make it faster on a CPU?*, *how do I fit millions of vectors in memory?* and *how
