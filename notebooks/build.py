@@ -13,10 +13,9 @@ It also fills in, from the one repository setting (``[project.urls] Repository``
 badge of each notebook's header and the repository the setup cell clones on Colab. To publish the course from a
 fork, change that one line and run this script.
 
-It keeps, too, **executed copies** a reader can browse on GitHub without running anything:
-``notebooks/executed/NN_name.ipynb`` is the solution notebook run top to bottom in small mode, with its printed
-numbers and figures. Each one records the text of the cells it ran; ``--check`` names a copy whose cells no longer
-match the source.
+It keeps, too, a record of **executed copies**: ``notebooks/executed/NN_name.ipynb`` is the solution notebook as
+it last ran top to bottom in small mode, outputs stripped (the project commits no outputs). Each one records the
+text of the cells it ran; ``--check`` names a copy whose cells no longer match the source.
 
     python notebooks/build.py                 # rebuild every notebook (and rewrite stale badges/setup cells in the sources)
     python notebooks/build.py --check         # exit 1 and name every notebook or executed copy that is out of date
@@ -174,46 +173,29 @@ def executed_is_current(name: str, solution_text: str) -> bool:
     return path.exists() and _code_of(path.read_text(encoding="utf-8")) == _code_of(solution_text)
 
 
-def clean_paths(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Replace this machine's folders in the outputs (the course folder, the Python environment) by placeholders."""
-    import sys
-    import sysconfig
-
-    swaps = [(sysconfig.get_paths()["purelib"], "<site-packages>"), (sys.prefix, "<python>"), (str(ROOT), "<course>")]
-
-    def clean(text: str) -> str:
-        for old, new in swaps:
-            text = text.replace(old, new)
-        return text
-
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if "text" in out:
-                out["text"] = clean(out["text"])
-            for mime, data in out.get("data", {}).items():
-                if mime.startswith("text/") and isinstance(data, str):
-                    out["data"][mime] = clean(data)
-    return nb
-
-
 def execute(name: str, solution_text: str, timeout: int = 900) -> None:
-    """Run a solution notebook top to bottom in small mode and save it, outputs kept, as ``executed/name``."""
+    """Run a solution notebook top to bottom in small mode; when it runs through, record it as ``executed/name``.
+
+    The record holds the cells that ran, outputs stripped (the project commits no outputs), so ``--check`` can
+    name a copy whose source changed since it last ran.
+
+    Raises:
+        nbclient.exceptions.CellExecutionError / CellTimeoutError: a cell failed or ran past ``timeout`` seconds.
+    """
     import os
+    import time
 
     from nbclient import NotebookClient
 
     nb = nbformat.reads(solution_text, as_version=4)
     os.environ.setdefault("BGEKIT_MODE", "small")
-    import time
-
     print(f"executing {name} (small mode) ...", flush=True)
     t0 = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(SOLUTIONS)}}).execute()
     print(f"executed {name} in {time.perf_counter() - t0:.0f} s", flush=True)
-    clean_paths(nb)
     EXECUTED.mkdir(exist_ok=True)
-    _write(EXECUTED / name, nbformat.writes(nb) + "\n")
+    _write(EXECUTED / name, solution_text)   # the cells that ran, outputs stripped
 
 
 def main(argv: list[str] | None = None) -> int:
