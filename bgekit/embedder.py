@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 PROGRESS_MIN_TEXTS = 256
 
 
-
 def warn_truncated(log: logging.Logger, n_cut: int, n_total: int, max_length: int, what: str = "texts") -> None:
     """The one truncation warning of the package (encoder and reranker): once per call, with counts.
 
@@ -78,6 +77,7 @@ class Embedder:
             :mod:`bgekit.backends` for which quantization and what it costs in quality).
         cache_dir: where exported models are kept (``None``: :func:`bgekit.backends.default_cache_dir`).
         calibration_texts: texts for OpenVINO's static int8 calibration (``None``: course passages).
+        query_instruction: the legacy name of ``query_instruction_for_retrieval`` (an alias).
 
     Raises:
         ValueError: unknown backend/quantize/dtype/pooling, or a GPU device or half dtype with a
