@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
+from transformers.trainer_callback import ProgressCallback
 
 from .. import models
 from .._batching import model_inputs
@@ -223,12 +224,24 @@ def with_fields(cls: type, args: Any, kwargs: dict[str, Any]) -> Any:
     return dataclasses.replace(args, **kwargs) if kwargs else args
 
 
+class _BarOnly(ProgressCallback):
+    """The Trainer's progress bar without the line it prints per log: with ``logging_steps=1`` (a loss per step,
+    for a curve) that is one line per step. The losses stay in ``trainer.state.log_history``."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        return None
+
+
 def fit(trainer: Trainer, resume_from_checkpoint: Any = None) -> None:
     """``trainer.train()``, with ``"latest"``/``"true"`` meaning the last checkpoint, and out-of-memory advice.
+
+    With ``logging_steps=1`` the progress bar does not also print every step's log (see ``log_history``).
 
     Raises:
         TrainingOutOfMemory: the step did not fit; the message says what to change (:func:`oom_advice`).
     """
+    if trainer.args.logging_steps == 1 and trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_BarOnly)
     resume = resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("latest", "true"):
         resume = True
