@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from . import models
 
@@ -277,6 +277,16 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+#: The course reranker's recipe, defined once: notebook 03 trains it in small mode (its appendix explains each
+#: setting), notebook 06 reuses it through :meth:`CourseConfig.reranker_args`. Sized for two CPU cores: the train
+#: split less 100 queries held out for validation, 1 positive + 2 hard negatives from the dense top 30 per query,
+#: pairs cut to 64 tokens, the lowest MiniLM layers frozen.
+COURSE_RERANKER: dict[str, Any] = dict(
+    split="train", holdout_queries=100, train_group_size=3, negative_range=(0, 30), num_train_epochs=2,
+    per_device_train_batch_size=8, learning_rate=1.5e-4, warmup_ratio=0.05, freeze_layers=2, max_len=64,
+)
+
+
 @dataclass(frozen=True)
 class CourseConfig:
     """What a notebook needs to know about where it runs. ``small`` is ``mode == 'small'``."""
@@ -292,6 +302,27 @@ class CourseConfig:
     @property
     def small(self) -> bool:
         return self.mode == "small"
+
+    def reranker_args(self, **overrides: Any) -> Any:
+        """The course reranker's training arguments: :data:`COURSE_RERANKER` in this config's folders and seed.
+
+        Args:
+            **overrides: fields to change (e.g. ``bf16=True``), as in ``RerankerTrainingArguments``.
+
+        Returns:
+            a ``bgekit.training.RerankerTrainingArguments`` writing to ``work_dir / "reranker"``; two notebooks that
+            call this get the same arguments, so ``train_reranker(..., reuse=True)`` finds the first one's model.
+
+        >>> cfg = CourseConfig("small", "cpu", "m", None, Path("data"), Path("w"), 0)
+        >>> args = cfg.reranker_args(bf16=False)
+        >>> Path(args.output_dir).as_posix(), args.train_group_size, args.holdout_queries
+        ('w/reranker', 3, 100)
+        """
+        from .training import RerankerTrainingArguments
+
+        kw = {**COURSE_RERANKER, "output_dir": str(self.work_dir / "reranker"), "data_dir": str(self.data_dir),
+              "seed": self.seed, **overrides}
+        return RerankerTrainingArguments(**kw)
 
     def model_file(self, name: str) -> Path:
         """A work-folder file that belongs to this config's embedder, e.g. ``model_file("train_mined.jsonl")`` is

@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | intermediate | runs in 13 min (801 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 10 min on a Colab T4 in full mode (estimated) | 01, 02 |
+# | intermediate | runs in 5.5 min (328 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 10 min on a Colab T4 in full mode (estimated) | 01, 02 |
 #
 # **What you will learn**
 # - why a bi-encoder (an embedding model) misses things, and how a **cross-encoder** reads query and passage *together*;
@@ -33,7 +33,7 @@
 #
 # In **full** mode (Colab GPU) the reranker is BAAI's pretrained **`BAAI/bge-reranker-large`**. In **small** mode
 # (offline CPU) no pretrained cross-encoder is available, so this notebook trains the course's own small one from the
-# bundled all-MiniLM-L6-v2 (about a minute of training on two CPU cores; the training cell prints its time). The code
+# bundled all-MiniLM-L6-v2 (about two minutes of training on two CPU cores; the training cell prints its time). The code
 # is the same; only the model differs.
 
 # %%
@@ -147,26 +147,21 @@ print(f"indexed {len(dense)} passages in {time.perf_counter() - t:.1f} s")
 # earlier run with the same settings and data, it is reused instead of retrained.
 
 # %%
-from bgekit.config import fast_bf16
+from bgekit.config import COURSE_RERANKER, fast_bf16
 from bgekit.training.reranker import holdout_split
 
-N_DEV = 100                                   # training queries held out for validation (section 4)
+N_DEV = COURSE_RERANKER["holdout_queries"]   # training queries held out for validation (section 4)
 bf16 = fast_bf16(cfg.device)
 print(f"bfloat16 on {cfg.device}: {'yes, native' if bf16 else 'no (fp32)'}")
 if cfg.small:
-    from bgekit.training import RerankerTrainArgs, train_reranker
+    from bgekit.training import train_reranker
 
-    args = RerankerTrainArgs(
-        output_dir=str(cfg.work_dir / "reranker"),
-        data_dir=str(cfg.data_dir), split="train",   # train split only: the test queries stay unseen
-        holdout_queries=N_DEV,                       # ... and 100 train queries are kept for validation
-        train_group_size=3,                          # 1 positive + 2 hard negatives per query
-        negative_range=(0, 30),                      # negatives from the dense top 30, positives removed
-        num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1.5e-4, warmup_ratio=0.05,
-        freeze_layers=2,                             # the 2 lowest layers stay fixed: cheaper steps, same quality
-        max_len=64,                                  # query + title + first sentences: cheap on a CPU
-        bf16=bf16, seed=cfg.seed,
-    )
+    # The course's recipe, defined once in bgekit (bgekit.config.COURSE_RERANKER; notebook 06 reuses the model it
+    # trains); the appendix explains each setting. The train split only (the test queries stay unseen), less
+    # `holdout_queries` kept for validation (section 4); 1 positive + 2 hard negatives per query, the negatives
+    # drawn from the dense top 30, positives removed.
+    args = cfg.reranker_args(bf16=bf16)
+    print("recipe:", ", ".join(f"{k}={getattr(args, k)}" for k in COURSE_RERANKER))
     t = time.perf_counter()
     result = train_reranker(args, retriever=dense, reuse=True)   # hard negatives from our dense retriever
     print(("reused" if result.reused else "trained") + f" the course reranker: {result.n_queries} queries, "
@@ -199,7 +194,7 @@ def label(qid, doc_id):
     return {2: "answers (2)", 1: "partly (1)"}.get(data.qrels[qid].get(doc_id, 0), "-")
 
 
-K = 100
+K = 20 if cfg.small else 100   # candidates per query: 100 is common on a GPU; 20 keeps small mode quick on a CPU
 run_dense = dense.run(data.queries, k=K)             # first stage for every test query
 per_query_dense = evaluate_per_query(run_dense, data.qrels, ks=10, metrics="mrr")["mrr@10"]
 qid = next(q for q in sorted(data.queries) if per_query_dense[q] < 1)   # a question dense gets wrong at rank 1
@@ -215,10 +210,10 @@ display(pd.DataFrame({
 # %% [markdown]
 # ## 3. Before and after, on the whole test split
 #
-# We rerank the dense top `K` = 100 of every test query and compare the runs with the metrics of notebook 02:
+# We rerank the dense top `K` of every test query (100 in full mode, 20 in small mode) and compare the runs with the metrics of notebook 02:
 # **nDCG@10** (quality of the first page, graded) and **MRR@10** (how soon the first relevant passage comes). The
 # reranker only reorders the `K` candidates, so recall@K cannot change; everything it gains is in the order.
-# `Reranker.rerank_run` scores all 197 x 100 pairs in one call, sorted by length across queries, so batches stay
+# `Reranker.rerank_run` scores all 197 x `K` pairs in one call, sorted by length across queries, so batches stay
 # full (in small mode this is the slowest cell of the notebook: every pair is a transformer pass on a CPU).
 
 # %%
@@ -249,7 +244,7 @@ if not cfg.small:   # BAAI's reranker, trained on far more data, beats the first
 # %% [markdown]
 # **Read these numbers honestly.** With `BAAI/bge-reranker-large` (full mode) the reranker on its own raises nDCG@10
 # over dense retrieval: that is why two-stage retrieval is the standard design. In **small** mode the course's
-# reranker was trained for about a minute on a CPU, from a fresh head, on the train split's queries less the 100
+# reranker was trained for about two minutes on a CPU, from a fresh head, on the train split's queries less the 100
 # held out (the training cell prints how many). It has learned a lot (compare it with a random order of the same
 # candidates), but on its own it ranks below the dense retriever (the gap is printed above), which its model card
 # says was trained on over a billion sentence pairs. A reranker that replaces the first
@@ -377,7 +372,7 @@ print(f"median logit: relevant {np.median(rel):.2f}, irrelevant {np.median(irrel
 # the other candidates).
 
 # %%
-ks = [5, 10, 20, 50, 100]
+ks = [k for k in (5, 10, 20, 30, 50, 100) if k <= K]
 sample = sorted(data.queries)[: (3 if cfg.small else 50)]
 t = time.perf_counter()
 dense.search([data.queries[q] for q in sample], k=K)
@@ -477,7 +472,7 @@ with check("a two-stage search function"):
 #   accurate, but one forward pass per pair, so only for a short candidate list.
 # - **Two-stage retrieval**: dense search for the top `k` (recall), a reranker for the order (precision at the top).
 #   A pretrained reranker (full mode) raises nDCG@10 and MRR@10 on its own; the small course reranker, trained for
-#   about a minute on a CPU, ranks below the dense retriever alone (section 3), but **fused** with the dense
+#   about two minutes on a CPU, ranks below the dense retriever alone (section 3), but **fused** with the dense
 #   score (`fuse_scores`, weight tuned on held-out training queries with `tune_fusion_weight`) it beats both
 #   (section 4). Measure against the first stage, on validation queries, before you deploy.
 # - `bgekit.Reranker(model).compute_score(pairs, normalize=False)` gives logits (`normalize=True`: sigmoid in
@@ -529,9 +524,9 @@ with check("a two-stage search function"):
 #
 # **Cheap on a CPU.** A cross-encoder costs a full transformer pass per pair, so on two CPU cores the course keeps
 # everything small: groups of 3 (FlagEmbedding's examples use larger groups, set by the same `train_group_size`
-# argument), `max_len=64` (question, title and the passage's opening), and `freeze_layers=2`: the two lowest
-# transformer layers (and the embeddings) are **frozen**, their weights do not change, so the backward pass stops
-# above them and each step is cheaper.
+# argument), `max_len=48` (question, title and the passage's opening: most pairs are longer and get cut), and
+# `freeze_layers=2`: the two lowest of MiniLM's six transformer layers (and the embeddings) are **frozen**, their
+# weights do not change, so the backward pass stops above them and each step is cheaper.
 #
 # **bf16.** `bf16=True` computes in **bfloat16**, a 16-bit floating-point format with the same range as fp32 but
 # fewer digits of precision (fp16, by contrast, keeps more digits but a much smaller range, so it needs loss scaling

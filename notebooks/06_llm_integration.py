@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | intermediate | runs in 7 min (413 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 5 min with an API key on a Colab T4 in full mode (estimated) | 02, 03 |
+# | intermediate | runs in 4.5 min (262 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 5 min with an API key on a Colab T4 in full mode (estimated) | 02, 03 |
 #
 # The last step of the course: answer questions with a large language model (LLM) that is *grounded*
 # in what the retriever found. The retriever of the earlier notebooks finds passages; the LLM reads
@@ -246,33 +246,27 @@ retriever = DenseRetriever(encoder, data.corpus, cache_dir=cfg.work_dir / "embed
 # The reranker is the one notebook 03 uses. In full mode that is `BAAI/bge-reranker-large`; in small mode it is the
 # course's own cross-encoder, trained by notebook 03 into `cfg.work_dir / "reranker"`. `train_reranker(...,
 # reuse=True)` with the same settings finds that folder and loads it; if it is missing (this notebook run on its own),
-# it trains it exactly as notebook 03 does (about a minute on a CPU). The fusion weight `w` is then chosen as in
+# it trains it exactly as notebook 03 does (about two minutes on a CPU). The fusion weight `w` is then chosen as in
 # notebook 03: rerank the dense top 20 of the 100 held-out training queries and keep the weight with the best nDCG@10.
 
 # %%
-from bgekit.config import fast_bf16
+from bgekit.config import COURSE_RERANKER, fast_bf16
 from bgekit.fusion import tune_fusion_weight
 from bgekit.reranker import Reranker
 from bgekit.training.reranker import holdout_split
 
-N_DEV = 100   # training queries held out of reranker training: the validation set (as in notebook 03)
 if cfg.small:
-    from bgekit.training import RerankerTrainArgs, train_reranker
+    from bgekit.training import train_reranker
 
     bf16 = fast_bf16(cfg.device)
-    args = RerankerTrainArgs(   # notebook 03's settings, so that its model is found and reused
-        output_dir=str(cfg.work_dir / "reranker"), data_dir=str(cfg.data_dir), split="train",
-        holdout_queries=N_DEV, train_group_size=3, negative_range=(0, 30),
-        num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1.5e-4, warmup_ratio=0.05,
-        freeze_layers=2, max_len=64, bf16=bf16, seed=cfg.seed,
-    )
+    args = cfg.reranker_args(bf16=bf16)   # notebook 03's recipe and folder: its model is reused
     trained = train_reranker(args, retriever=retriever, reuse=True)
     print(("reused notebook 03's" if trained.reused else "trained the") + f" course reranker: {trained.output_dir}")
     reranker = Reranker(trained, dtype="bf16" if bf16 else None)
     dev_qids = trained.holdout_qids
 else:
     reranker = Reranker(cfg.reranker)
-    dev_qids = holdout_split(cfg.data_dir, "train", N_DEV, seed=cfg.seed)
+    dev_qids = holdout_split(cfg.data_dir, "train", COURSE_RERANKER["holdout_queries"], seed=cfg.seed)
 
 train = load_beir(cfg.data_dir, "train")
 dev_queries = {q: train.queries[q] for q in dev_qids}
@@ -525,20 +519,7 @@ CASES = [  # (passage id, question, an answer the passage supports, an on-topic 
      "A yellow lower leaf always means a nutrient deficiency, so feed the plant at once [1]."),
 ]
 
-if reranker is not None:            # full mode: BAAI/bge-reranker-large
-    support_model = reranker
-else:                               # small mode: the course reranker of notebook 03 (reused, or trained now, ~1 min)
-    from bgekit.config import fast_bf16
-    from bgekit.reranker import Reranker
-    from bgekit.training import RerankerTrainArgs, train_reranker
-
-    bf16 = fast_bf16(cfg.device)
-    course_rr = train_reranker(RerankerTrainArgs(
-        output_dir=str(cfg.work_dir / "reranker"), data_dir=str(cfg.data_dir), split="train", holdout_queries=100,
-        train_group_size=3, negative_range=(0, 30), num_train_epochs=2, per_device_train_batch_size=8,
-        learning_rate=1.5e-4, warmup_ratio=0.05, freeze_layers=2, max_len=64, bf16=bf16, seed=cfg.seed,
-    ), retriever=retriever, reuse=True)                           # notebook 03's settings: the same model
-    support_model = Reranker(course_rr, dtype="bf16" if bf16 else None)
+support_model = reranker   # the reranker of section 3: bge-reranker-large (full mode), the course reranker (small)
 print("support model:", support_model)
 
 table = []
