@@ -15,7 +15,8 @@ fork, change that one line and run this script.
 
 It keeps, too, a record of **executed copies**: ``notebooks/executed/NN_name.ipynb`` is the solution notebook as
 it last ran top to bottom in small mode, outputs stripped (the project commits no outputs). Each one records the
-text of the cells it ran; ``--check`` names a copy whose cells no longer match the source.
+text of the cells it ran; ``--check`` names a copy whose code cells no longer match the source (a copy whose prose
+alone changed is brought up to date by the build, without a new run).
 
     python notebooks/build.py                 # rebuild every notebook (and rewrite stale badges/setup cells in the sources)
     python notebooks/build.py --check         # exit 1 and name every notebook or executed copy that is out of date
@@ -163,12 +164,13 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _code_of(nb_text: str) -> list[tuple[str, str]]:
-    return [(c.cell_type, c.source) for c in nbformat.reads(nb_text, as_version=4).cells]
+def _code_of(nb_text: str) -> list[str]:
+    return [c.source for c in nbformat.reads(nb_text, as_version=4).cells if c.cell_type == "code"]
 
 
 def executed_is_current(name: str, solution_text: str) -> bool:
-    """True when ``executed/name`` exists and ran exactly the cells of the solution notebook."""
+    """True when ``executed/name`` exists and ran exactly the code cells of the solution notebook (a change in the
+    prose alone does not call for a new run: the build rewrites the copy's text, see :func:`main`)."""
     path = EXECUTED / name
     return path.exists() and _code_of(path.read_text(encoding="utf-8")) == _code_of(solution_text)
 
@@ -224,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                 execute(name, solution_text)
             else:
                 stale.append(_rel(EXECUTED / name))
+        elif (EXECUTED / name).read_text(encoding="utf-8") != solution_text:   # same code, new prose: no new run
+            stale.append(_rel(EXECUTED / name))
+            if not args.check:
+                _write(EXECUTED / name, solution_text)
     expected = {p.with_suffix(".ipynb").name for p in sources()}
     orphans = [p for d in (NOTEBOOKS, SOLUTIONS, EXECUTED) for p in d.glob("[0-9][0-9]_*.ipynb") if p.name not in expected]
     for p in orphans:
