@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | beginner | runs in about 40 s in small mode on 2 CPU cores (estimated: 23 s measured in CI before section 7 and the corpus evaluation were added); about 4 min on a Colab T4 in full mode (estimated) | none (Python and a little NumPy) |
+# | beginner | runs in 53 s in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 4 min on a Colab T4 in full mode (estimated) | none (Python and a little NumPy) |
 #
 # **What you will learn**
 # - what BGE, BAAI and FlagEmbedding are, and which member of the BGE family to pick (size, dimension, 512 tokens);

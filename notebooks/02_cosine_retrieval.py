@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | beginner | runs in about 2 min in small mode on 2 CPU cores (estimated: 28 s measured in CI before section 7 was added; section 7 embeds the long documents seven times, each about the size of the corpus); about 7 min on a Colab T4 in full mode (estimated) | 01 |
+# | beginner | runs in 3 min (189 s) in small mode (measured on 2 CPU cores, with notebook 01's embedding cache); about 7 min on a Colab T4 in full mode (estimated) | 01 |
 #
 # Notebook 01 turned text into vectors. Here we use those vectors to **search**: embed a few hundred
 # passages about growing plants at home, put them in an index, ask questions in everyday words, and
