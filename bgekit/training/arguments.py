@@ -63,6 +63,8 @@ class _GroupTrainingArguments(TrainingArguments):
             raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems))
         if self.deepspeed and importlib.util.find_spec("deepspeed") is None:
             raise ImportError(DEEPSPEED_HINT)
+        if not torch.cuda.is_available():   # pinned memory only speeds up copies to a GPU (and warns without one)
+            self.dataloader_pin_memory = False
         # under torchrun on a machine without a GPU, train on the CPUs with gloo (accelerate needs use_cpu)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not self.use_cpu:
             self.use_cpu = True

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .. import models
 from .._batching import model_inputs
@@ -235,13 +235,15 @@ class _BarOnly(ProgressCallback):
 def fit(trainer: Trainer, resume_from_checkpoint: Any = None) -> None:
     """``trainer.train()``, with ``"latest"``/``"true"`` meaning the last checkpoint, and out-of-memory advice.
 
-    With ``logging_steps=1`` the progress bar does not also print every step's log (see ``log_history``).
+    With ``logging_steps=1`` no line is printed per step (the losses are in ``log_history``).
 
     Raises:
         TrainingOutOfMemory: the step did not fit; the message says what to change (:func:`oom_advice`).
     """
-    if trainer.args.logging_steps == 1 and trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(_BarOnly)
+    if trainer.args.logging_steps == 1:
+        trainer.pop_callback(PrinterCallback)   # the Trainer's printer when the bar is off: a line per log
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(_BarOnly)
     resume = resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("latest", "true"):
         resume = True
