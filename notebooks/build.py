@@ -13,9 +13,10 @@ It also fills in, from the one repository setting (``[project.urls] Repository``
 badge of each notebook's header and the repository the setup cell clones on Colab. To publish the course from a
 fork, change that one line and run this script.
 
-It keeps, too, a record of **executed copies**: ``notebooks/executed/NN_name.ipynb`` is the solution notebook as
-it last ran top to bottom in small mode, outputs stripped (the project commits no outputs). Each one records the
-text of the cells it ran; ``--check`` names a copy whose code cells no longer match the source (a copy whose prose
+It keeps, too, **executed copies**: ``notebooks/executed/NN_name.md`` (with ``NN_name_files/``) is the solution
+notebook as it last ran top to bottom in small mode, with its printed outputs and figures, to read on GitHub; and
+``notebooks/executed/NN_name.ipynb`` records the text of the cells that ran, outputs stripped (the project commits
+no notebook with outputs); ``--check`` names a copy whose code cells no longer match the source (a copy whose prose
 alone changed is brought up to date by the build, without a new run).
 
     python notebooks/build.py                 # rebuild every notebook (and rewrite stale badges/setup cells in the sources)
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -191,6 +193,7 @@ def execute(name: str, solution_text: str, timeout: int = 900) -> None:
 
     nb = nbformat.reads(solution_text, as_version=4)
     os.environ.setdefault("BGEKIT_MODE", "small")
+    os.environ["TQDM_DISABLE"] = "1"   # a progress bar's widget has no state in a file: it would read 0%
     print(f"executing {name} (small mode) ...", flush=True)
     t0 = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -198,6 +201,39 @@ def execute(name: str, solution_text: str, timeout: int = 900) -> None:
     print(f"executed {name} in {time.perf_counter() - t0:.0f} s", flush=True)
     EXECUTED.mkdir(exist_ok=True)
     _write(EXECUTED / name, solution_text)   # the cells that ran, outputs stripped
+    write_markdown(nb, EXECUTED / name)      # ... and what they printed and drew, to read on GitHub
+
+
+def _placeholders(text: str) -> str:
+    """This machine's folders in an output replaced by placeholders (``<course>``, ``<venv>``, ``<tmp>``, ``~``)."""
+    import tempfile
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)   # terminal colours
+    for path, mark in ((sys.prefix, "<venv>"), (str(ROOT), "<course>"), (tempfile.gettempdir(), "<tmp>"),
+                       (str(Path.home()), "~")):
+        if len(path) > 1:
+            text = text.replace(path, mark)
+    return text
+
+
+def write_markdown(nb: nbformat.NotebookNode, ipynb: Path) -> Path:
+    """Write ``NN_name.md`` next to the executed copy ``ipynb``: the notebook as it ran, with its printed outputs and
+    its figures (PNG files in ``NN_name_files/``), for reading on GitHub; no notebook with outputs is committed."""
+    import tempfile
+
+    from nbconvert import MarkdownExporter
+
+    stem = ipynb.stem
+    body, res = MarkdownExporter().from_notebook_node(nb, resources={"output_files_dir": f"{stem}_files"})
+    files = ipynb.parent / f"{stem}_files"
+    tmp = Path(tempfile.mkdtemp(dir=ipynb.parent, prefix=f".{stem}_files."))
+    for rel, data in sorted(res.get("outputs", {}).items()):
+        (tmp / Path(rel).name).write_bytes(data)
+    shutil.rmtree(files, ignore_errors=True)
+    tmp.rename(files)
+    md = ipynb.with_suffix(".md")
+    _write(md, _placeholders(body))
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,10 +268,12 @@ def main(argv: list[str] | None = None) -> int:
                 _write(EXECUTED / name, solution_text)
     expected = {p.with_suffix(".ipynb").name for p in sources()}
     orphans = [p for d in (NOTEBOOKS, SOLUTIONS, EXECUTED) for p in d.glob("[0-9][0-9]_*.ipynb") if p.name not in expected]
+    orphans += [p for p in EXECUTED.glob("[0-9][0-9]_*") if p.suffix != ".ipynb"
+                and p.name.removesuffix("_files").removesuffix(".md") + ".ipynb" not in expected]
     for p in orphans:
         stale.append(_rel(p))
         if not args.check:
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     if args.check:
         if stale:
             print("out of date (run: python notebooks/build.py; executed/ copies: --execute):", *stale, sep="\n  ")

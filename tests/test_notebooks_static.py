@@ -81,6 +81,32 @@ def test_executed_copies_are_current_and_stripped():
         assert build.executed_is_current(ex.name, (NB_DIR / "solutions" / ex.name).read_text(encoding="utf-8")), ex
         code = [c for c in cells(ex) if c["cell_type"] == "code"]
         assert all(not c["outputs"] and c["execution_count"] is None for c in code), f"{ex.name}: outputs committed"
+        # the page a reader browses: the run's printed outputs and figures, every figure it links present
+        page = ex.with_suffix(".md").read_text(encoding="utf-8")
+        figures = re.findall(r"!\[png\]\(([^)]+)\)", page)
+        assert figures, f"{ex.with_suffix('.md').name}: no figure"
+        assert all((ex.parent / f).is_file() for f in figures), f"{ex.with_suffix('.md').name}: a figure is missing"
+        assert "/work/" not in page and "/root/" not in page and "/home/" not in page, "a local folder in the page"
+
+
+def test_a_change_in_prose_needs_no_new_run(tmp_path, monkeypatch, capsys):
+    """Edit a markdown cell: the build brings the executed copy's text up to date without running it."""
+    work = tmp_path / "notebooks"
+    (work / "solutions").mkdir(parents=True)
+    (work / "executed").mkdir(parents=True)
+    src = SOURCES[0]
+    name = src.with_suffix(".ipynb").name
+    (work / src.name).write_text(src.read_text(encoding="utf-8") + "\n# %% [markdown]\n# One more sentence.\n",
+                                 encoding="utf-8")
+    for sub in ("", "solutions/", "executed/"):
+        (work / sub / name).write_bytes((NB_DIR / sub / name).read_bytes())
+    monkeypatch.setattr(build, "NOTEBOOKS", work)
+    monkeypatch.setattr(build, "SOLUTIONS", work / "solutions")
+    monkeypatch.setattr(build, "EXECUTED", work / "executed")
+    assert build.main(["--check"]) == 1
+    assert build.main([]) == 0
+    assert build.main(["--check"]) == 0, capsys.readouterr().out
+    assert "One more sentence." in (work / "executed" / name).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("nb", LEARNER, ids=lambda p: p.stem)
