@@ -265,3 +265,14 @@ def test_freeze_layers_keeps_the_lowest_layers(tmp_path, beir_dir, minilm_path):
     with pytest.raises(ValueError, match="would freeze all 6 layers"):
         train_reranker(output_dir=str(tmp_path / "rr2"), data_dir=str(beir_dir), hard_negatives="random",
                        num_train_epochs=1, freeze_layers=6, **FAST)
+
+
+@pytest.mark.parametrize("disable_tqdm", [True, False], ids=["printer", "progress-bar"])
+def test_a_loss_per_step_is_logged_but_not_printed(tmp_path, beir_dir, capfd, disable_tqdm):
+    """logging_steps=1 keeps every step's loss in the history without printing a line per step, whichever of the
+    Trainer's callbacks would print it (PrinterCallback without a bar, ProgressCallback with one)."""
+    res = train_reranker(output_dir=str(tmp_path / "rr"), data_dir=str(beir_dir), hard_negatives="random",
+                         num_train_epochs=1, **(FAST | {"disable_tqdm": disable_tqdm}))
+    assert res.n_steps > 1 and len(res.losses) == res.n_steps
+    out, err = capfd.readouterr()
+    assert "'loss'" not in out + err
