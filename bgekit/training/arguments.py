@@ -47,6 +47,12 @@ class _GroupTrainingArguments(TrainingArguments):
         """The subclass's checks of its own fields."""
         return []
 
+    def _too_small(self, minimums: dict[str, int]) -> list[str]:
+        """A problem for each named field that is set and below its minimum."""
+        vals = {n: getattr(self, n) for n in minimums}
+        return [f"{n} must be >= {lo}, got {vals[n]}" for n, lo in minimums.items() if vals[n] is not None
+                and vals[n] < lo]
+
     def __post_init__(self) -> None:
         import torch
 
@@ -119,16 +125,12 @@ class EmbedderTrainingArguments(_GroupTrainingArguments):
                 "reads TENSORBOARD_LOGGING_DIR, which this sets)"})
 
     def _problems(self) -> list[str]:
-        problems = [f"{n} must be >= 1, got {getattr(self, n)}" for n in ("train_group_size", "query_max_len",
-                                                                         "passage_max_len") if getattr(self, n) < 1]
+        problems = self._too_small({"train_group_size": 1, "query_max_len": 1, "passage_max_len": 1,
+                                    "cached_mini_batch_size": 0, "max_example_num_per_dataset": 1})
         if not self.temperature > 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
-        if self.cached_mini_batch_size < 0:
-            problems.append(f"cached_mini_batch_size must be >= 0, got {self.cached_mini_batch_size}")
         if self.sentence_pooling_method not in (None, "cls", "mean"):
             problems.append(f"sentence_pooling_method must be 'cls' or 'mean', got {self.sentence_pooling_method!r}")
-        if self.max_example_num_per_dataset is not None and self.max_example_num_per_dataset < 1:
-            problems.append(f"max_example_num_per_dataset must be >= 1, got {self.max_example_num_per_dataset}")
         return problems
 
     def __post_init__(self) -> None:
@@ -186,23 +188,15 @@ class RerankerTrainingArguments(_GroupTrainingArguments):
 
     def _problems(self) -> list[str]:
         lo, hi = self.negative_range
-        checks = [
-            (bool(self.output_dir), "output_dir is required"),
-            (self.per_device_train_batch_size >= 1, f"per_device_train_batch_size must be >= 1, got "
-                                                    f"{self.per_device_train_batch_size}"),
-            (self.train_group_size >= 2, f"train_group_size must be >= 2 (a positive and at least one negative), "
-                                         f"got {self.train_group_size}"),
-            (self.max_len >= 16, f"max_len must be >= 16, got {self.max_len}"),
-            (self.num_train_epochs > 0 or self.max_steps > 0, f"num_train_epochs must be > 0, got "
-                                                              f"{self.num_train_epochs}"),
-            (self.hard_negatives in ("dense", "bm25", "random"), f"hard_negatives must be one of ('dense', 'bm25', "
-                                                                 f"'random'), got {self.hard_negatives!r}"),
-            (0 <= int(lo) < int(hi), f"negative_range must be (start, end) with 0 <= start < end, got "
-                                     f"{self.negative_range}"),
-            (self.freeze_layers >= 0, f"freeze_layers must be >= 0, got {self.freeze_layers}"),
-            (self.holdout_queries >= 0, f"holdout_queries must be >= 0, got {self.holdout_queries}"),
-            (self.max_queries is None or self.max_queries >= 1, f"max_queries must be >= 1 or None, got "
-                                                                f"{self.max_queries}"),
-        ]
+        problems = self._too_small({"per_device_train_batch_size": 1, "train_group_size": 2, "max_len": 16,
+                                    "freeze_layers": 0, "holdout_queries": 0, "max_queries": 1})
+        if not self.output_dir:
+            problems.append("output_dir is required")
+        if not (self.num_train_epochs > 0 or self.max_steps > 0):
+            problems.append(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if self.hard_negatives not in ("dense", "bm25", "random"):
+            problems.append(f"hard_negatives must be 'dense', 'bm25' or 'random', got {self.hard_negatives!r}")
+        if not 0 <= int(lo) < int(hi):
+            problems.append(f"negative_range must be (start, end) with 0 <= start < end, got {self.negative_range}")
         self.negative_range = (int(lo), int(hi))
-        return [msg for ok, msg in checks if not ok]
+        return problems

@@ -32,18 +32,8 @@ from .losses import text_ids
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "EmbedderCollator",
-    "GroupDataset",
-    "EpochCallback",
-    "RerankerCollator",
-    "TrainExample",
-    "build_reranker_examples",
-    "holdout_split",
-    "load_corpus_texts",
-    "load_train_examples",
-    "sample_group",
-]
+__all__ = ["EmbedderCollator", "GroupDataset", "EpochCallback", "RerankerCollator", "TrainExample",
+           "build_reranker_examples", "holdout_split", "load_corpus_texts", "load_train_examples", "sample_group"]
 
 
 @dataclass
@@ -54,18 +44,6 @@ class TrainExample:
     pos: list[str]
     neg: list[str]
     where: str = ""
-
-
-def _data_files(train_data: str | os.PathLike) -> list[Path]:
-    path = Path(train_data)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".jsonl" and p.is_file())
-        if not files:
-            raise FileNotFoundError(f"{path}: no *.jsonl training files in this folder")
-        return files
-    if not path.is_file():
-        raise FileNotFoundError(f"training data not found: {path}")
-    return [path]
 
 
 def load_corpus_texts(corpus: str | os.PathLike) -> list[str]:
@@ -114,8 +92,13 @@ def load_train_examples(train_data: str | os.PathLike, train_group_size: int = 1
         FileNotFoundError: no such file or folder.
         ValueError: ``"path:line: what is wrong"`` for the first bad row; too small a pool.
     """
+    root = Path(train_data)
+    files = sorted(p for p in root.glob("*.jsonl") if p.is_file()) if root.is_dir() else [root]
+    if not files or not files[0].is_file():
+        raise FileNotFoundError(f"{root}: no *.jsonl training files in this folder" if root.is_dir() else
+                                f"training data not found: {root}")
     examples: list[TrainExample] = []
-    for path in _data_files(train_data):
+    for path in files:
         n_file = 0
         for lineno, obj in read_jsonl(path):
             if max_example_num_per_dataset and n_file >= max_example_num_per_dataset:
@@ -228,6 +211,11 @@ class EpochCallback(TrainerCallback):
 
 
 # --------------------------------------------------------------------------------------------- reranker
+def _answered(data: Any) -> list[str]:
+    """The query ids of a :class:`bgekit.data.BeirData` with at least one relevant document, sorted."""
+    return sorted(q for q, judged in data.qrels.items() if any(r > 0 for r in judged.values()))
+
+
 def build_reranker_examples(data_dir: str | os.PathLike, split: str = "train", hard_negatives: str = "dense",
                             negative_range: tuple[int, int] = (0, 50), retriever: Any = None,
                             max_queries: int | None = None, seed: int = 42,
@@ -247,8 +235,7 @@ def build_reranker_examples(data_dir: str | os.PathLike, split: str = "train", h
     from ..data import doc_text, load_beir
 
     data = load_beir(data_dir, split)
-    skip = set(exclude)
-    qids = sorted(q for q, judged in data.qrels.items() if q not in skip and any(r > 0 for r in judged.values()))
+    qids = sorted(set(_answered(data)) - set(exclude))
     if max_queries is not None and len(qids) > max_queries:
         qids = sorted(random.Random(seed).sample(qids, max_queries))
     if not qids:
@@ -293,8 +280,7 @@ def holdout_split(data_dir: str | os.PathLike, split: str, n: int, seed: int = 4
         return []
     from ..data import load_beir
 
-    data = load_beir(data_dir, split)
-    qids = sorted(q for q, judged in data.qrels.items() if any(r > 0 for r in judged.values()))
+    qids = _answered(load_beir(data_dir, split))
     if n >= len(qids):
         raise ValueError(f"holdout_queries={n} leaves nothing to train on: split {split!r} of {data_dir} has "
                          f"{len(qids)} queries with a relevant document")

@@ -14,79 +14,35 @@ is the ``Trainer``'s.
 ...     learning_rate=1e-5, num_train_epochs=1, per_device_train_batch_size=32, train_group_size=8,
 ...     temperature=0.02, fp16=True))
 
-The same from a shell, on one GPU or many (FlagEmbedding's command line works unchanged)::
-
-    python -m bgekit.train --output_dir ft --model_name_or_path BAAI/bge-large-en-v1.5 --train_data t.jsonl
-    torchrun --nproc_per_node 2 -m bgekit.train ... --negatives_cross_device --dataloader_drop_last True
-
-The final folder is a plain Hugging Face folder with bgekit's and sentence-transformers' metadata
-(pooling, normalisation, query instruction), and ``trainer_state.json`` whose ``log_history`` holds
-the loss curve.
+The same from a shell, on one GPU or many: :mod:`bgekit.train`. The final folder is a plain Hugging Face
+folder with bgekit's and sentence-transformers' metadata (pooling, normalisation, query instruction), and
+``trainer_state.json`` whose ``log_history`` holds the loss curve.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .. import models
 from .._batching import model_inputs
 from ..embedder import pool
 from .arguments import EmbedderTrainingArguments
-from .data import (
-    EmbedderCollator,
-    EpochCallback,
-    GroupDataset,
-    load_corpus_texts,
-    load_train_examples,
-)
+from .data import EmbedderCollator, EpochCallback, GroupDataset, load_corpus_texts, load_train_examples
 from .losses import CachedEmbeddings, contrastive_loss
+from .trainer import FolderTrainer, TrainingOutOfMemory, fit, is_oom, load_for_training, oom_advice, with_fields
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "EmbedderTrainer",
-    "EmbedderTrainingArguments",
-    "TrainArgs",
-    "TrainingOutOfMemory",
-    "oom_advice",
-    "train_embedder",
-]
+__all__ = ["EmbedderTrainer", "EmbedderTrainingArguments", "TrainArgs", "TrainingOutOfMemory", "is_oom",
+           "oom_advice", "train_embedder"]
 
 #: the public name bgekit has always exported
 TrainArgs = EmbedderTrainingArguments
-
-
-class TrainingOutOfMemory(RuntimeError):
-    """Training ran out of (GPU or CPU) memory; the message says what to change."""
-
-
-def oom_advice(args: Any) -> str:
-    """What to try when a training step does not fit in memory."""
-    b = getattr(args, "per_device_train_batch_size", "?")
-    g = getattr(args, "train_group_size", None)
-    return (f"training ran out of memory with per_device_train_batch_size={b}"
-            + (f" x train_group_size={g} passages" if g else "") + ". Try, in this order: "
-            "--cached_mini_batch_size 32 (cached InfoNCE: the same loss and in-batch negatives, computed in chunks; "
-            "memory no longer grows with the batch), --gradient_checkpointing, a smaller "
-            "--per_device_train_batch_size (or --train_group_size / --passage_max_len), --fp16 or --bf16 on a GPU. "
-            "--gradient_accumulation_steps keeps the step size but adds no in-batch negatives.")
-
-
-def is_oom(exc: BaseException) -> bool:
-    """True for CUDA out-of-memory and for a CPU allocation failure."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    msg = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 def _final_spec(args: EmbedderTrainingArguments, model: torch.nn.Module) -> models.ModelSpec:
@@ -101,22 +57,16 @@ def _final_spec(args: EmbedderTrainingArguments, model: torch.nn.Module) -> mode
         dim=int(cfg.hidden_size), max_length=max_len, known=True)
 
 
-class EmbedderTrainer(Trainer):
+class EmbedderTrainer(FolderTrainer):
     """``transformers.Trainer`` for a bi-encoder: ``compute_loss`` embeds queries and passages and returns InfoNCE.
 
     The model is the plain ``AutoModel``; pooling, normalisation and temperature come from
-    ``args`` (:class:`EmbedderTrainingArguments`) and ``spec``. Saving writes the model, the
-    tokenizer and the pooling/instruction metadata, file by file atomically.
+    ``args`` (:class:`EmbedderTrainingArguments`) and ``spec``; the saved folder is a plain HF folder.
     """
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
-
     def __init__(self, *args: Any, spec: models.ModelSpec, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.spec = spec
-        self.model_accepts_loss_kwargs = False
-        a = self.args
-        self.temperature = float(a.temperature) if a.normalize_embeddings else 1.0
+        super().__init__(*args, spec=spec, **kwargs)
+        self.temperature = float(self.args.temperature) if self.args.normalize_embeddings else 1.0
 
     def embed(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(n, d)`` float32 embeddings of a tokenised batch: pooled, L2-normalised when configured."""
@@ -141,39 +91,11 @@ class EmbedderTrainer(Trainer):
         loss = loss_fn(q, p)
         return (loss, {"query": q, "passage": p}) if return_outputs else loss
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not self.args.should_save:
-            return
-        out = Path(output_dir or self.args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".saving-{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            self.accelerator.unwrap_model(self.model).save_pretrained(tmp, state_dict=state_dict)
-            if self.processing_class is not None:
-                self.processing_class.save_pretrained(tmp)
-            models.save_model_metadata(tmp, dataclasses.replace(self.spec, name=str(out)), self.spec.dim)
-            torch.save(self.args, tmp / "training_args.bin")
-            # each finished file moves into place atomically; the metadata last
-            for src in sorted(tmp.iterdir(), key=lambda p: (p.name == models.METADATA_FILE, p.name)):
-                dst = out / src.name
-                if src.is_dir() and dst.exists():
-                    shutil.rmtree(dst)
-                os.replace(src, dst)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
 
 def _prepare_model(args: EmbedderTrainingArguments) -> tuple[Any, torch.nn.Module]:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    name = args.model_name_or_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(models.resolve_model(args.tokenizer_name or name))
-        # float32: the master weights of mixed-precision training
-        model = AutoModel.from_pretrained(models.resolve_model(name), dtype=torch.float32)
-    except Exception as e:
-        raise models.load_error(name, e) from e
+    tokenizer, model = load_for_training(args.model_name_or_path, AutoModel, args.tokenizer_name)
     # a pooler head (BERT) is not used by CLS/mean pooling: frozen, so DDP sees no unused parameters
     pooler = getattr(model, "pooler", None)
     if isinstance(pooler, torch.nn.Module):
@@ -215,44 +137,6 @@ def build_embedder_trainer(args: EmbedderTrainingArguments) -> EmbedderTrainer:
                 args.negatives_cross_device and args.world_size > 1,
                 f", cached InfoNCE in chunks of {args.cached_mini_batch_size}" if args.cached_mini_batch_size else "")
     return trainer
-
-
-def with_fields(cls: type, args: Any, kwargs: dict[str, Any]) -> Any:
-    """``args`` (an arguments dataclass, or ``None``: built from ``kwargs``) with ``kwargs`` set, on a copy."""
-    if args is None:
-        return cls(**kwargs)
-    return dataclasses.replace(args, **kwargs) if kwargs else args
-
-
-class _BarOnly(ProgressCallback):
-    """The Trainer's progress bar without the line it prints per log: with ``logging_steps=1`` (a loss per step,
-    for a curve) that is one line per step. The losses stay in ``trainer.state.log_history``."""
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        return None
-
-
-def fit(trainer: Trainer, resume_from_checkpoint: Any = None) -> None:
-    """``trainer.train()``, with ``"latest"``/``"true"`` meaning the last checkpoint, and out-of-memory advice.
-
-    With ``logging_steps=1`` no line is printed per step (the losses are in ``log_history``).
-
-    Raises:
-        TrainingOutOfMemory: the step did not fit; the message says what to change (:func:`oom_advice`).
-    """
-    if trainer.args.logging_steps == 1:
-        trainer.pop_callback(PrinterCallback)   # the Trainer's printer when the bar is off: a line per log
-        if trainer.pop_callback(ProgressCallback) is not None:
-            trainer.add_callback(_BarOnly)
-    resume = resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("latest", "true"):
-        resume = True
-    try:
-        trainer.train(resume_from_checkpoint=resume or None)
-    except Exception as e:
-        if is_oom(e):
-            raise TrainingOutOfMemory(oom_advice(trainer.args)) from e
-        raise
 
 
 def train_embedder(args: EmbedderTrainingArguments | None = None, **kwargs: Any) -> Path:

@@ -10,21 +10,15 @@ Reranker: the cross-encoder scores each query's group; the loss is the cross-ent
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "CachedEmbeddings",
-    "contrastive_loss",
-    "gather_with_grad",
-    "group_loss",
-    "info_nce_loss",
-    "shared_positive_mask",
-    "text_ids",
-]
+__all__ = ["CachedEmbeddings", "contrastive_loss", "gather_with_grad", "group_loss", "info_nce_loss",
+           "shared_positive_mask", "text_ids"]
 
 
 def text_ids(texts: Sequence[str]) -> torch.Tensor:
@@ -156,22 +150,20 @@ def group_loss(logits: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target)
 
 
-class _RandState:
+def _rng_state(device: torch.device) -> tuple:
     """The CPU (and CUDA) RNG state before a chunk's first forward, to replay its dropout exactly."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None), device
 
-    def __init__(self, device: torch.device) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        self.device = device
 
-    def replay(self):  # a context manager restoring, then forgetting, the saved state
-        devices = [self.device] if self.cuda is not None else []
-        ctx = torch.random.fork_rng(devices=devices)
-        ctx.__enter__()
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-        return ctx
+@contextlib.contextmanager
+def _replayed(state: tuple) -> Iterator[None]:
+    """Run the block from a saved :func:`_rng_state`, then put the RNG back as it was."""
+    cpu, cuda, device = state
+    with torch.random.fork_rng(devices=[device] if cuda is not None else []):
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+        yield
 
 
 class CachedEmbeddings:
@@ -203,17 +195,14 @@ class CachedEmbeddings:
     def loss(self, batches: Sequence[dict[str, torch.Tensor]],
              loss_fn: Callable[..., torch.Tensor]) -> torch.Tensor:
         """``loss_fn(*embeddings)`` for the embeddings of ``batches`` (e.g. queries, passages), cached."""
-        parts: list[list[tuple[dict, _RandState]]] = []
+        parts: list[list[tuple[dict, tuple]]] = [[(c, None) for c in self.chunks(b)] for b in batches]
         embs = []
         with torch.no_grad():
-            for batch in batches:
-                chunks = []
+            for chunks in parts:
                 reps = []
-                for c in self.chunks(batch):
-                    dev = next(iter(c.values())).device
-                    chunks.append((c, _RandState(dev)))
+                for k, (c, _) in enumerate(chunks):   # the RNG state right before each chunk's forward
+                    chunks[k] = (c, _rng_state(next(iter(c.values())).device))
                     reps.append(self.embed(c))
-                parts.append(chunks)
                 embs.append(torch.cat(reps).detach().requires_grad_())
         with torch.enable_grad():
             loss = loss_fn(*embs)
@@ -223,22 +212,13 @@ class CachedEmbeddings:
         out.register_hook(lambda upstream: self._backward(parts, grads, upstream))
         return out
 
-    def _backward(self, parts: list[list[tuple[dict, _RandState]]], grads: list[torch.Tensor],
+    def _backward(self, parts: list[list[tuple[dict, tuple]]], grads: list[torch.Tensor],
                   upstream: torch.Tensor) -> None:
         todo = [(c, st, g[s:s + self.m]) for chunks, g in zip(parts, grads)
                 for (c, st), s in zip(chunks, range(0, g.shape[0], self.m))]
         for k, (chunk, state, grad) in enumerate(todo):
             last = k == len(todo) - 1
-            sync = self.no_sync() if (self.no_sync is not None and not last) else None
-            if sync is not None:
-                sync.__enter__()
-            ctx = state.replay()
-            try:
-                with torch.enable_grad():
-                    rep = self.embed(chunk)
-                    surrogate = (rep.float() * (grad * upstream).float()).sum()
-            finally:
-                ctx.__exit__(None, None, None)
-            surrogate.backward()
-            if sync is not None:
-                sync.__exit__(None, None, None)
+            with self.no_sync() if (self.no_sync is not None and not last) else contextlib.nullcontext():
+                with _replayed(state), torch.enable_grad():   # hooks run with grad mode off
+                    surrogate = (self.embed(chunk).float() * (grad * upstream).float()).sum()
+                surrogate.backward()

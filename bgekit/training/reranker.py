@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
 
 from .. import models
 from .._batching import model_inputs
@@ -47,21 +46,12 @@ from .data import (
     load_train_examples,
 )
 from .losses import group_loss
+from .trainer import FolderTrainer, fit, load_for_training, with_fields
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "TRAIN_INFO_FILE",
-    "RerankerExample",
-    "RerankerTrainArgs",
-    "RerankerTrainResult",
-    "RerankerTrainer",
-    "RerankerTrainingArguments",
-    "build_reranker_examples",
-    "group_loss",
-    "holdout_split",
-    "train_reranker",
-]
+__all__ = ["TRAIN_INFO_FILE", "RerankerExample", "RerankerTrainArgs", "RerankerTrainResult", "RerankerTrainer",
+           "RerankerTrainingArguments", "build_reranker_examples", "group_loss", "holdout_split", "train_reranker"]
 
 #: file in the saved folder with the arguments, the data stamp and the loss history
 TRAIN_INFO_FILE = "train_reranker.json"
@@ -96,18 +86,12 @@ class RerankerTrainResult:
         return str(self.output_dir)
 
 
-class RerankerTrainer(Trainer):
+class RerankerTrainer(FolderTrainer):
     """``transformers.Trainer`` for a cross-encoder: ``compute_loss`` is the group-wise softmax cross-entropy.
 
     Batches are query-major pairs (``B * train_group_size`` rows, each group's positive first). The
     optimizer gives the fresh head (pooler + classifier) its own learning rate (``head_learning_rate``).
     """
-
-    loss_is_scaled_for_ga = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -139,13 +123,6 @@ class RerankerTrainer(Trainer):
         return self.optimizer
 
 
-def _file_digest(h: Any, path: Path) -> None:
-    h.update(path.name.encode())
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
 def _stamp(args: RerankerTrainingArguments, base_model: str, negatives_from: str) -> str:
     """A digest of everything that decides the trained weights: arguments, data files, base model."""
     from .. import __version__
@@ -153,12 +130,13 @@ def _stamp(args: RerankerTrainingArguments, base_model: str, negatives_from: str
     keep = {k: getattr(args, k) for k in sorted(f.name for f in dataclasses.fields(args) if f.init)
             if k not in _NOT_STAMPED}
     h = hashlib.sha256(json.dumps([keep, __version__, negatives_from], sort_keys=True, default=str).encode())
-    if args.train_data:
-        _file_digest(h, Path(args.train_data))
-    else:
-        root = Path(args.data_dir)
-        for p in (root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{args.split}.tsv"):
-            _file_digest(h, p)
+    root = Path(args.data_dir or "")
+    for p in [Path(args.train_data)] if args.train_data else [root / "corpus.jsonl", root / "queries.jsonl",
+                                                              root / "qrels" / f"{args.split}.tsv"]:
+        h.update(p.name.encode())
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
     base = Path(base_model)
     if base.is_dir():
         for p in sorted(base.glob("*.json")) + sorted(base.glob("*.safetensors")):
@@ -168,36 +146,25 @@ def _stamp(args: RerankerTrainingArguments, base_model: str, negatives_from: str
     return h.hexdigest()[:16]
 
 
-def _encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    base = getattr(model, model.base_model_prefix, None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ValueError(f"freeze_layers needs a BERT-style encoder (model.encoder.layer); {type(model).__name__} "
-                         "has none")
-    return layers
-
-
 def _load_model(args: RerankerTrainingArguments, base: str) -> tuple[Any, torch.nn.Module]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from ..config import seed_everything
 
-    path = models.resolve_model(base)
     seed_everything(args.seed)  # the fresh head's initial weights depend on the seed only
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialised classifier" notice is expected here
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-    except Exception as e:
-        raise models.load_error(base, e) from e
+        tokenizer, model = load_for_training(base, AutoModelForSequenceClassification, num_labels=1)
     finally:
         hf_logging.set_verbosity(verbosity)
     if args.freeze_embeddings or args.freeze_layers:
         model.get_input_embeddings().weight.requires_grad_(False)
     if args.freeze_layers:
-        layers = _encoder_layers(model)
+        layers = getattr(getattr(getattr(model, model.base_model_prefix, None), "encoder", None), "layer", None)
+        if not isinstance(layers, torch.nn.ModuleList):
+            raise ValueError(f"freeze_layers needs a BERT-style encoder (model.encoder.layer); {base} has none")
         if args.freeze_layers >= len(layers):
             raise ValueError(f"freeze_layers={args.freeze_layers} would freeze all {len(layers)} layers of {base}")
         for module in [*layers[: args.freeze_layers], getattr(model, model.base_model_prefix).embeddings]:
@@ -226,8 +193,6 @@ def train_reranker(args: RerankerTrainingArguments | None = None, *, retriever: 
     >>> len(res.losses) == res.n_steps                                           # doctest: +SKIP
     True
     """
-    from .embedder import fit, with_fields
-
     args = with_fields(RerankerTrainingArguments, args, kwargs)
     if not args.train_data and args.data_dir is None:
         from ..data import course_data_dir
@@ -270,8 +235,12 @@ def train_reranker(args: RerankerTrainingArguments | None = None, *, retriever: 
     dataset = GroupDataset(examples, pool, args.train_group_size, args.seed)
     scratch = out_dir.parent / f".{out_dir.name}.trainer"  # checkpoints, if any, stay out of the final folder
     targs = dataclasses.replace(args, output_dir=str(scratch)) if args.save_strategy != "no" else args
-    trainer = RerankerTrainer(model=model, args=targs, train_dataset=dataset,
-                              data_collator=RerankerCollator(tokenizer, args.max_len), processing_class=tokenizer,
+    # the model reads pairs of at most max_len tokens at inference too (bgekit and sentence-transformers)
+    tokenizer.model_max_length = int(args.max_len)
+    spec = models.ModelSpec(name=str(out_dir), kind="reranker", pooling="cls", query_instruction_for_retrieval="",
+                            dim=None, max_length=int(args.max_len), normalize=False)
+    trainer = RerankerTrainer(model=model, args=targs, train_dataset=dataset, spec=spec, processing_class=tokenizer,
+                              data_collator=RerankerCollator(tokenizer, args.max_len),
                               callbacks=[EpochCallback(dataset)])
     logger.info("training %s -> reranker: %d queries x %d passages per step, lr %g, max_len %d",
                 Path(base).name or base, args.per_device_train_batch_size, args.train_group_size,
@@ -282,13 +251,7 @@ def train_reranker(args: RerankerTrainingArguments | None = None, *, retriever: 
     seconds = time.perf_counter() - t0
     model.eval()
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        # the model reads pairs of at most max_len tokens at inference too (bgekit and sentence-transformers)
-        tokenizer.model_max_length = int(args.max_len)
-        tokenizer.save_pretrained(tmp)
-        spec = models.ModelSpec(name=str(out_dir), kind="reranker", pooling="cls", query_instruction_for_retrieval="",
-                                dim=None, max_length=int(args.max_len), normalize=False)
-        models.save_model_metadata(tmp, spec)
+        trainer.save_model(str(tmp))
         trainer.state.save_to_json(str(tmp / "trainer_state.json"))  # log_history: the loss curve
         atomic_write_json(tmp / TRAIN_INFO_FILE, {
             "stamp": stamp, "base_model": base, "negatives": neg_from, "n_queries": len(examples),
