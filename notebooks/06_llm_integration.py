@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | intermediate | runs in 4.5 min (262 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 5 min with an API key on a Colab T4 in full mode (estimated) | 02, 03 |
+# | intermediate | runs in 3.5 min (199 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 5 min with an API key on a Colab T4 in full mode (estimated) | 02, 03 |
 #
 # The last step of the course: answer questions with a large language model (LLM) that is *grounded*
 # in what the retriever found. The retriever of the earlier notebooks finds passages; the LLM reads
@@ -590,7 +590,7 @@ ax.set_title("Topic (x) versus support (y)"); ax.legend(fontsize=7); fig.tight_l
 #
 # How many test questions we evaluate follows the LLM in use: with an API, all of them when they fit a two-minute
 # budget at the speed of the first answer in section 3, else as many as fit (at least 10); with the local model on a
-# CPU, 10. To see what the rerank stage buys, we run the same questions twice: once with the dense top 4 as the
+# CPU, 6 (each answer takes it about 7 s). To see what the rerank stage buys, we run the same questions twice: once with the dense top 4 as the
 # sources, once with the dense top 20 reranked (fused score) down to 4.
 
 # %%
@@ -598,7 +598,7 @@ if llm_ready("citation evaluation"):
     EVAL_BUDGET_S = 120   # for both passes together
     n_all = len(data.queries)
     fits = min(n_all, max(10, int(EVAL_BUDGET_S / 2 / max(t_first, 1e-3))))
-    n_eval = 10 if llm.server is not None else (None if fits == n_all else fits)
+    n_eval = 6 if llm.server is not None else (None if fits == n_all else fits)   # local model on a CPU: 6
     print(f"first answer took {t_first:.1f} s: evaluating {n_eval or n_all} of {n_all} test questions, twice")
     eval_kw = dict(n=n_eval, seed=cfg.seed, k=20, top_n=4, max_tokens=max_tokens, encoder=encoder)
     report_dense = rag.evaluate_citations(data.queries, data.qrels, retriever, llm, **eval_kw)
@@ -656,7 +656,7 @@ if llm_ready("the with/without rerank table"):
 # sources in order (`[1] ... [2] ... [3]`), so "cites a relevant passage" follows the share of questions with a
 # relevant passage among the sources, while the share of *cited sources that are relevant* is much lower. That
 # makes the first column the one to watch: it is what retrieval and reranking decide, before the model says anything.
-# With 10 questions one question is 10 points, so read the differences as a direction, not a measurement (the full
+# With 6 questions one question is 17 points, so read the differences as a direction, not a measurement (the full
 # test split in notebook 03 is the measurement of the ranking itself). Attribution from the answer embedding is the
 # sharper check of the answers. A larger model behind the same client (set `NOVITA_API_KEY`) cites selectively,
 # and the two numbers move closer.
