@@ -44,7 +44,7 @@ def timed(fn) -> tuple[float, np.ndarray]:
     return time.perf_counter() - t, out
 
 
-def bert_large_folder(pooling: str = "cls") -> str:
+def bert_large_folder(pooling: str = "cls", tokenizer: str | None = None) -> str:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from bgekit.models import ModelSpec, offline_model_path, save_model_metadata
@@ -54,7 +54,7 @@ def bert_large_folder(pooling: str = "cls") -> str:
     torch.manual_seed(0)
     folder = tempfile.mkdtemp(prefix="bert-large-random-")
     BertModel(cfg).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(offline_model_path()).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer or offline_model_path()).save_pretrained(folder)
     save_model_metadata(folder, ModelSpec("bert-large-random", pooling=pooling, dim=1024, max_length=512))
     return folder
 
@@ -68,6 +68,10 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--gpu-bert-large", action="store_true",
                     help="randomly initialised BERT-large-shaped model in fp16, texts of about 256 tokens")
+    ap.add_argument("--tokenizer", default=None, help="with --gpu-bert-large: a BERT tokenizer folder (default: the "
+                    "bundled all-MiniLM-L6-v2's, the same WordPiece vocabulary as bge-large-en-v1.5's)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="with --gpu-bert-large: the GPU's datasheet "
+                    "dense fp16 tensor peak, to report the share reached (e.g. 989 for an H100/H200 SXM)")
     ap.add_argument("--course", action="store_true", help="time the course passages (data/corpus.jsonl) and print "
                     "nDCG@10 on the course test split for each path")
     ap.add_argument("--backends", default="torch",
@@ -88,7 +92,7 @@ def main() -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.gpu_bert_large:
-        model = bert_large_folder()
+        model = bert_large_folder(tokenizer=args.tokenizer)
         texts = make_texts(args.n, lo=200, hi=200)  # ~256 word pieces each
         half = True
     elif args.course:
@@ -155,6 +159,8 @@ def main() -> None:
         print(f"{name:<26} {len(texts) / best:9.1f} docs/s best (median {len(texts) / med:7.1f})  "
               f"ratio vs ST torch {statistics.median(times['sentence-transformers']) / med:5.2f}x (best "
               f"{min(times['sentence-transformers']) / best:5.2f}x)  min cos vs bgekit torch {cos.min():.5f}{extra}")
+    if args.gpu_bert_large:
+        gpu_share(ours, texts, times, args.peak_tflops)
     ours_best = {k: min(v) for k, v in times.items() if k.startswith("bgekit")}
     st_best = {k: min(v) for k, v in times.items() if not k.startswith("bgekit") and k != "FlagEmbedding"}
     fast, st_fast = min(ours_best, key=ours_best.get), min(st_best, key=st_best.get)
@@ -162,6 +168,33 @@ def main() -> None:
     print(f"goals (best runs): bgekit's fastest path ({fast}) is {min(times['sentence-transformers']) / ours_best[fast]:.2f}x "
           f"sentence-transformers torch (goal 2.0x) and {st_best[st_fast] / ours_best[fast]:.2f}x sentence-transformers' "
           f"fastest ({st_fast}; goal 1.0x){loss}")
+
+
+def encoder_flops(config, lengths: list[int]) -> float:
+    """Forward FLOPs of a BERT-style encoder over sequences of these token lengths (2 per multiply-add): per layer
+    and token, the Q/K/V/output projections (4 d^2), the feed-forward pair (2 d f) and attention (2 L d); the
+    embeddings, layer norms, softmax and pooling are left out (under 1% at this size)."""
+    d, f, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return float(sum(2 * n * L * (4 * d * d + 2 * d * f + 2 * L * d) for L in lengths))
+
+
+def gpu_share(ours, texts: list[str], times: dict[str, list[float]], peak_tflops: float | None) -> None:
+    """Print TFLOP/s reached by each path, against a measured fp16 matrix product and the datasheet peak."""
+    lengths = [len(ids) for ids in ours.tokenizer(texts, truncation=True, max_length=ours.max_length)["input_ids"]]
+    flops = encoder_flops(ours.model.config, lengths)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    for _ in range(3):
+        a @ a
+    dt, _ = timed(lambda: [a @ a for _ in range(10)])
+    matmul = 10 * 2 * 8192 ** 3 / dt / 1e12
+    print(f"{torch.cuda.get_device_name()}: an 8192^3 fp16 matrix product runs at {matmul:.0f} TFLOP/s here"
+          + (f" (datasheet dense fp16 peak {peak_tflops:.0f})" if peak_tflops else "")
+          + f"; the texts hold {sum(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}), "
+          f"{flops / len(texts) / 1e9:.0f} GFLOP per text")
+    for name, ts in times.items():
+        tflops = flops / min(ts) / 1e12
+        print(f"{name:<26} {tflops:6.0f} TFLOP/s = {tflops / matmul:5.1%} of the measured matrix product"
+              + (f", {tflops / peak_tflops:5.1%} of the datasheet peak" if peak_tflops else ""))
 
 
 def st_backends(args, model: str, texts: list[str], queries: list[str], max_length: int) -> dict:
