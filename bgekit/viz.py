@@ -106,3 +106,43 @@ def curves(series: Mapping[str, Sequence[float]], title: str = "", xlabel: str =
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def flow(steps: Sequence[tuple[str, str]], title: str = "", per_row: int = 4):
+    """A pipeline as boxes joined by arrows, read left to right, row by row (e.g. notebook 06's RAG flow).
+
+    Args:
+        steps: ``(name, detail)`` per stage, in order; the name is drawn bold in the box, the detail (what the
+            stage uses or produces, may hold ``\\n``) under it.
+        title: the figure title.
+        per_row: boxes per row before the flow wraps to the next row.
+
+    Raises:
+        ValueError: no steps, or ``per_row < 1``.
+    """
+    if not steps or per_row < 1:
+        raise ValueError(f"flow needs at least one step and per_row >= 1, got {len(steps)} steps, per_row={per_row}")
+    plt = _plt()
+    from matplotlib.patches import FancyBboxPatch
+
+    rows = (len(steps) + per_row - 1) // per_row
+    fig, ax = plt.subplots(figsize=(2.6 * min(per_row, len(steps)), 1.9 * rows))
+    w, h, gap = 2.0, 0.7, 0.6
+    centres = [((k % per_row) * (w + gap), -(k // per_row) * 1.9) for k in range(len(steps))]
+    for k, ((name, detail), (x, y)) in enumerate(zip(steps, centres)):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05", fc="#e8f0fb",
+                                    ec="#3b6ea8"))
+        ax.text(x, y, name, ha="center", va="center", fontsize=10, weight="bold")
+        ax.text(x, y - h / 2 - 0.12, detail, ha="center", va="top", fontsize=7.5, color="#333")
+        if k:
+            (x0, y0), same_row = centres[k - 1], k % per_row != 0
+            start, end = ((x0 + w / 2, y0), (x - w / 2, y)) if same_row else ((x0, y0 - h / 2 - 0.75), (x, y + h / 2))
+            ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=1.4, color="#3b6ea8"))
+    xs, ys = [c[0] for c in centres], [c[1] for c in centres]
+    ax.set_xlim(min(xs) - w / 2 - 0.2, max(xs) + w / 2 + 0.2)
+    ax.set_ylim(min(ys) - h / 2 - 1.0, max(ys) + h / 2 + 0.2)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | beginner | runs in 1.5 min (92 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute, with an empty work folder); about 4 min on a Colab T4 in full mode (estimated) | none (Python and a little NumPy) |
+# | beginner | runs in 1.5 min (80 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute, with an empty work folder); about 4 min on a Colab T4 in full mode (estimated) | none (Python and a little NumPy) |
 #
 # **What you will learn**
 # - what BGE, BAAI and FlagEmbedding are, and which member of the BGE family to pick (size, dimension, 512 tokens);
@@ -26,7 +26,8 @@
 # - cosine similarity, and how to read a similarity heatmap;
 # - why BGE pools the **[CLS]** vector, and what goes wrong when you mean-pool a CLS-trained model;
 # - why BGE wants a **query instruction** for short-query-to-passage search (and never on passages);
-# - why cosine scores of unrelated texts sit well above zero, so you should rely on *ranking*, not a fixed threshold;
+# - why the score of unrelated texts depends on the model (BAAI's first BGE models: about 0.6 to 1, per their model
+#   cards; MiniLM: around 0, measured below), so you should rely on *ranking*, not a fixed threshold;
 # - how a set of sentences looks in 2-D (UMAP);
 # - how to get the *same* vector with plain `transformers`, sentence-transformers, LangChain and `bgekit`, and two
 #   mistakes of the blog post this course grew from (errata).
@@ -251,10 +252,11 @@ print(f"paraphrase found at rank 1 among {len(B)}: {native} {acc_n:.1%}  vs  {wr
 print(f"MRR:                                {native} {mrr_n:.3f}  vs  {wrong} {mrr_w:.3f}")
 
 # %% [markdown]
-# ## 5. Why unrelated texts still score well above zero
+# ## 5. Where unrelated texts score depends on the model
 #
-# Cosine similarity runs from -1 to 1, but embedding models do not spread their vectors evenly over the sphere: they
-# occupy a narrow cone (*anisotropy*), partly a side effect of contrastive training with a low temperature. What
+# Cosine similarity runs from -1 to 1, but embedding models need not spread their vectors evenly over the sphere:
+# some occupy a narrow cone (*anisotropy*; Ethayarajh, arXiv:1909.00512, measured it for BERT-style models), so
+# that even unrelated texts score well above zero. How far a model does this depends on how it was trained. What
 # BAAI publishes about BGE's scale: the model cards' FAQ says that, trained with a temperature of 0.01, the first
 # BGE models put similarities "about in the interval [0.6, 1]", so a score above 0.5 does not mean two sentences
 # are similar; the v1.5 models were released to "alleviate" this, and BAAI gives no interval for them. Their advice:

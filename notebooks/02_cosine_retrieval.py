@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | beginner | runs in 3 min (189 s) in small mode (measured on 2 CPU cores, with notebook 01's embedding cache); about 7 min on a Colab T4 in full mode (estimated) | 01 |
+# | beginner | runs in 3.5 min (195 s) in small mode (measured on 2 CPU cores, with notebook 01's embedding cache); about 7 min on a Colab T4 in full mode (estimated) | 01 |
 #
 # Notebook 01 turned text into vectors. Here we use those vectors to **search**: embed a few hundred
 # passages about growing plants at home, put them in an index, ask questions in everyday words, and
@@ -209,7 +209,7 @@ for question in questions:
 
 # %% [markdown]
 # The scores are cosine similarities. Their absolute level depends on the model (notebook 01 showed
-# that unrelated texts already score well above zero); what matters is the **order**.
+# where unrelated texts score for the model of your mode); what matters is the **order**.
 #
 # ## 4. BM25 and hybrid search
 #
@@ -375,7 +375,7 @@ plt.tight_layout(); plt.show()
 # Exact ("flat") search compares the query with **every** vector: $n \times d$ multiply-adds per query.
 # For this corpus that is nothing. At 10 million passages of dimension 1024 it is $10^7 \times 1024 \approx$ 10 billion
 # multiply-adds per query and $10^7 \times 1024 \times 4$ bytes = 41 GB of float32 vectors (arithmetic, not a measurement). **Approximate nearest-neighbour** (ANN)
-# indexes give up a little recall for a lot of speed:
+# indexes give up a little recall for speed (the benchmark below measures how much of each, on 50,000 vectors):
 #
 # - **HNSW** (`DenseIndex(dim, kind="hnsw", m=..., ef_construction=..., ef_search=...)`) links each
 #   vector to its near neighbours in a layered graph and answers a query by a greedy walk through it.
@@ -457,7 +457,7 @@ plt.show()
 #   passages = 41 GB before any index overhead (HNSW adds its graph). Compression buys a lot on one
 #   machine: float16 halves it, int8 quarters it, and **product quantisation** (faiss `IVF-PQ`) stores a
 #   vector in a few dozen bytes, at a recall cost that a second pass over the top few hundred with
-#   full vectors (or a reranker) mostly recovers.
+#   full vectors (or a reranker) mostly recovers (measured in notebook 07, section 3).
 # - **Then shard.** Split the corpus across machines, search every shard in parallel, and merge their
 #   top-k lists: the global top k is always among the shards' top k's, so the merge is exact (see the
 #   cell below). Replicate shards to serve more queries per second.
@@ -553,7 +553,7 @@ print(f"embedded {len(articles)} whole articles in {time.perf_counter() - t:.1f}
 # window sharing `overlap` tokens with the previous one (windows end on word boundaries), so that a sentence cut at
 # a border is whole in the next window. Each chunk is embedded as a passage of its own; the article's score for a
 # query is its **best chunk's** score (`max_over_chunks`; *MaxP* in Dai and Callan, arXiv:1905.09217, who compared
-# it with scoring by the first passage or the sum of all). We compare three window sizes (four in full mode), without
+# it with scoring by the first passage or the sum of all). We compare two window sizes (four in full mode), without
 # and with a 25% overlap, and two references: the whole article (truncated), and the article's own paragraphs, which
 # are the original passages (already embedded in section 3): chunking by the document's structure.
 
@@ -622,18 +622,91 @@ ax.legend(fontsize=8, loc="upper center", ncol=2)
 plt.tight_layout(); plt.show()
 
 # %% [markdown]
+# **What the LLM would read.** In RAG the retrieved units are also the text handed to the LLM (notebook 06), and a
+# prompt has a budget. Give it 512 tokens of sources and fill it best first: with whole articles that is the opening
+# of the top article (the rest of it, and every other article, stays out); with chunks or paragraphs it is the best
+# ones until the budget is spent. For each query we ask whether its best relevant passage **reaches the prompt**
+# (at least half of its characters are among the sources). That is the ceiling of every citation figure: an answer
+# the LLM never reads, it cannot cite. It needs no LLM; notebook 06 measures the citations themselves, on the
+# course's short passages.
+
+# %%
+from bgekit.chunking import chunk_spans
+
+BUDGET = 512   # tokens of sources in the prompt
+
+
+def n_tok(text):
+    return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def prompt_spans(ranked_units, budget=BUDGET):
+    """ranked_units: [(doc_id, start, end)] best first, spans in an article's text -> what fits the budget."""
+    kept = []
+    for doc, a, b in ranked_units:
+        text = articles[doc]["text"][a:b]
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        if len(enc["input_ids"]) > budget:   # cut the last unit to what still fits
+            b = a + (enc["offset_mapping"][budget - 1][1] if budget else 0)
+        kept.append((doc, a, b))
+        budget -= min(budget, len(enc["input_ids"]))
+        if budget == 0:
+            break
+    return kept
+
+
+def para_span(pid):                  # where build_long_documents put a passage: (article, start, end)
+    doc, start = where[pid]
+    p = data.corpus[pid]
+    head = p["title"].strip()
+    return doc, start, start + len(f"{head.rstrip('.')}. {p['text']}" if head else p["text"])
+
+
+def best_first(run):
+    return sorted(run, key=run.get, reverse=True)
+
+
+def reaches_prompt(q, kept):
+    doc, start, end = para_span(max(data.qrels[q], key=data.qrels[q].get))   # the query's best relevant passage
+    inside = sum(max(0, min(b, end) - max(a, start)) for d, a, b in kept if d == doc)
+    return inside >= 0.5 * (end - start)
+
+
+# the units of each strategy as spans of the articles' texts, in the order the retriever ranks them
+chunk_span = {}
+for doc, art in articles.items():
+    shift = len(doc_text(art)) - len(art["text"])                         # the title and the space before the text
+    for i, (a, b) in enumerate(chunk_spans(doc_text(art), tok, best_size, best_overlap)):
+        chunk_span[f"{doc}#{i}"] = (doc, max(0, a - shift), max(0, b - shift))
+chunk_run, passage_run = best_index.run(article_queries, k=50), dense.run(article_queries, k=50)
+strategies = {
+    "whole articles (truncated)": lambda q: [(d, 0, len(articles[d]["text"])) for d in best_first(run_whole[q])],
+    f"chunks of {best_size}, overlap {best_overlap}": lambda q: [chunk_span[c] for c in best_first(chunk_run[q])],
+    "paragraphs (the original passages)": lambda q: [para_span(d) for d in best_first(passage_run[q]) if d in where],
+}
+reach = []
+for name, units in strategies.items():
+    kept = {q: prompt_spans(units(q)) for q in article_queries}
+    reach.append({"sources": name, "answer reaches the prompt": np.mean([reaches_prompt(q, kept[q]) for q in kept]),
+                 "units in the prompt (mean)": np.mean([len(k) for k in kept.values()])})
+display(pd.DataFrame(reach).set_index("sources").round(3))
+
+# %% [markdown]
 # What to take from it (read the numbers of your run: in small mode they are MiniLM's, with a 256-token limit):
 #
 # - **Truncation silently drops content.** The whole-article embedding can only match what it read: compare its bar
 #   for the queries whose answer starts after the limit (right pair) with the chunked one. The `truncated` warning is
 #   the only sign, so log it and count it.
 # - **Chunk, then score a document by its best chunk.** Smaller windows give each passage of meaning its own vector;
-#   very small ones lose context. Overlap costs more chunks (the table's `chunks` column) for a sentence cut at a
+#   here the smallest window did best, though on other data very small windows can lose context. Overlap costs more chunks (the table's `chunks` column) for a sentence cut at a
 #   border; whether it pays is an empirical question on each collection, which is why it is measured here.
 # - **Use the document's structure when it has one.** Compare the paragraphs row (the author's own units, here the
 #   original passages) with the best fixed window in the table: on a collection written in self-contained paragraphs,
-#   as this one is, they are a strong choice; on other documents measure both. In RAG (notebook 06) the chunks are
-#   also what the LLM reads, so their size trades retrieval precision against context.
+#   as this one is, they are a strong choice; on other documents measure both.
+# - **Chunks are also what the LLM reads.** In the prompt-budget table, whole articles spend the budget on the
+#   opening of one article, so an answer deeper in it, or in the second article, never reaches the LLM; chunks and
+#   paragraphs spend it on the best-matching pieces of several articles. Compare the first column across the rows:
+#   that share bounds what any LLM can cite, before it says a word.
 #
 # The advice "set the maximum length to the average length of your texts" gets this backwards: every text longer
 # than the average is cut. Set the limit to what the model reads (512 for BGE v1.5) and chunk what is longer.
@@ -699,7 +772,7 @@ with check("nDCG@10 by hand"):
 # - Evaluate with a run and qrels: nDCG@10 for the first page, recall@100 for what a reranker can still
 #   fix, MRR@10 for the first hit. The table above gives the course's numbers for dense, BM25 and hybrid;
 #   `python -m bgekit eval --data DIR --model M` gives the same table for any BEIR dataset.
-# - Approximate indexes (HNSW, IVF) trade a little recall for a lot of speed; `ef_search` / `nprobe` are
+# - Approximate indexes (HNSW, IVF) trade a little recall for speed (measured above; the gap grows with n); `ef_search` / `nprobe` are
 #   the dials. Past one machine: compress (PQ), shard and merge top-k lists, or use a vector database.
 # - An encoder reads at most its token limit (512 for BGE v1.5, 256 for the bundled MiniLM) and silently cuts the
 #   rest. Chunk long documents (`bgekit.chunking.chunk_corpus`), score a document by its best chunk

@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | intermediate | runs in 3 min (191 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 10 min on a Colab T4 in full mode (estimated) | 01, 02 |
+# | intermediate | runs in 3.5 min (205 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 10 min on a Colab T4 in full mode (estimated) | 01, 02 |
 #
 # **What you will learn**
 # - why a bi-encoder (an embedding model) misses things, and how a **cross-encoder** reads query and passage *together*;
@@ -96,7 +96,7 @@ cfg = bgekit.setup(seed=0)   # prints mode (small/full), device, versions; seeds
 # nothing can be precomputed, every (query, passage) pair costs a full forward pass at query time. Scoring a whole
 # corpus that way is out of the question, so the two are combined:
 #
-# 1. **retrieve**: the bi-encoder fetches the top `k` candidates (often 100) from the whole corpus in milliseconds;
+# 1. **retrieve**: the bi-encoder fetches the top `k` candidates (100 in full mode here) from the whole corpus in milliseconds;
 # 2. **rerank**: the cross-encoder scores just those `k` pairs and reorders them; the best few are shown (or handed
 #    to an LLM, notebook 06).
 #
@@ -243,8 +243,9 @@ if not cfg.small:   # BAAI's reranker, trained on far more data, beats the first
         assert alone["ndcg@10"] > results["dense"]["ndcg@10"], "bge-reranker-large should raise nDCG@10"
 
 # %% [markdown]
-# **Read these numbers honestly.** With `BAAI/bge-reranker-large` (full mode) the reranker on its own raises nDCG@10
-# over dense retrieval: that is why two-stage retrieval is the standard design. In **small** mode the course's
+# **Read these numbers honestly.** In full mode, with `BAAI/bge-reranker-large`, the notebook asserts that the reranker
+# on its own raises nDCG@10 over dense retrieval (the check in the cell above; it does not run in small mode): a
+# strong reranker alone is why two-stage retrieval is the standard design. In **small** mode the course's
 # reranker was trained for under two minutes on a CPU, from a fresh head, on the train split's queries less the 100
 # held out (the training cell prints how many). It has learned a lot (compare it with a random order of the same
 # candidates), but on its own it ranks below the dense retriever (the gap is printed above), which its model card
@@ -310,7 +311,7 @@ with quality_claim("two-stage retrieval beats dense retrieval"):
 # Fusion raises nDCG@10 and MRR@10 over both stages alone: each fixes some of the other's mistakes. Two things to
 # keep from this section: the weight was picked on validation queries and the test split was touched once, and a
 # reranker is judged *against the first stage it reranks*, on your data, before it is deployed. In full mode the same
-# cell tunes $w$ for `bge-reranker-large`; a strong reranker often wants a small weight.
+# cell tunes $w$ for `bge-reranker-large`; a stronger reranker may want a smaller weight (the validation grid says).
 
 # %% [markdown]
 # ## 5. What the scores look like: logits and the sigmoid
@@ -410,11 +411,11 @@ plt.show()
 
 
 # %% [markdown]
-# The time grows in proportion to `k`; the gain does not. In full mode the curve runs to `k` = 100 and flattens
-# after the first few dozen candidates; small mode stops at `k` = 10 to keep CI quick on a CPU, so it shows only the
-# first part of that curve. On a GPU the whole curve shifts left by one to two orders of magnitude, which is why
-# `k` = 50-100 is a common choice there; on a CPU, measure the curve on your own data and pick the `k` where it
-# flattens. In a RAG pipeline (notebook 06) the reranker picks the handful of passages that go into the prompt, so its
+# The time grows in proportion to `k`; the gain need not. In full mode the curve runs to `k` = 100, so you can see
+# where it flattens for BAAI's reranker; small mode stops at `k` = 10 to keep CI quick on a CPU, so it shows only the
+# first part of that curve. A GPU scores each pair far faster than a CPU (run full mode to measure it on yours), which
+# is what makes deep candidate lists affordable there; on any hardware, measure the curve on your own data and pick
+# the `k` where it flattens. In a RAG pipeline (notebook 06) the reranker picks the handful of passages that go into the prompt, so its
 # quality at the very top matters most.
 #
 # ## 7. Exercise: a two-stage search function
@@ -474,7 +475,7 @@ with check("a two-stage search function"):
 #   reads them together. A **cross-encoder** reads the pair as one input and outputs one relevance logit: more
 #   accurate, but one forward pass per pair, so only for a short candidate list.
 # - **Two-stage retrieval**: dense search for the top `k` (recall), a reranker for the order (precision at the top).
-#   A pretrained reranker (full mode) raises nDCG@10 and MRR@10 on its own; the small course reranker, trained for
+#   A strong pretrained reranker (full mode checks `bge-reranker-large`) raises nDCG@10 on its own; the small course reranker, trained for
 #   under two minutes on a CPU, ranks below the dense retriever alone (section 3), but **fused** with the dense
 #   score (`fuse_scores`, weight tuned on held-out training queries with `tune_fusion_weight`) it beats both
 #   (section 4). Measure against the first stage, on validation queries, before you deploy.
@@ -527,7 +528,8 @@ with check("a two-stage search function"):
 #
 # **Cheap on a CPU.** A cross-encoder costs a full transformer pass per pair, so on two CPU cores the course keeps
 # everything small: groups of 2, a positive and one hard negative (FlagEmbedding's examples use larger groups, set
-# by the same `train_group_size` argument; groups of 3 took 1.5x as long here for the same validation score),
+# by the same `train_group_size` argument; groups of 3 took 1.5x as long in the runs that chose this recipe, for the same validation score: see the
+# README's reranking section; not re-run here),
 # `max_len=64` (question, title and the passage's opening: most pairs are longer and get cut), and
 # `freeze_layers=2`: the two lowest of MiniLM's six transformer layers (and the embeddings) are **frozen**, their
 # weights do not change, so the backward pass stops above them and each step is cheaper.

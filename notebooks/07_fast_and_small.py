@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | advanced | runs in 3 min (158 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 6 min on a Colab T4 in full mode (estimated) | 01, 02 |
+# | advanced | runs in 2.5 min (151 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 6 min on a Colab T4 in full mode (estimated) | 01, 02 |
 #
 # A fine-tuned BGE model is only useful if you can afford to run it. The questions learners ask most, once the
 # model works, are: *how do I make it faster on a CPU?*, *how do I fit millions of vectors in memory?* and *how
@@ -112,8 +112,8 @@ print(f"{len(doc_ids)} passages, {len(qids)} test queries, {encoder.dim}-d vecto
 # ## 2. Faster encoding: inference backends
 #
 # The transformer forward pass is where the time goes. Three runtimes can execute the same weights:
-# **PyTorch** (what we used so far), **ONNX Runtime** and **OpenVINO** (Intel's runtime, often the fastest on
-# Intel CPUs). Each can also run an **int8** model, whose matrix products use 8-bit integers, and the vectors
+# **PyTorch** (what we used so far), **ONNX Runtime** and **OpenVINO** (Intel's runtime; its fp32 path was the fastest
+# on this course's CPU, 1.13x PyTorch in the README's Performance section). Each can also run an **int8** model, whose matrix products use 8-bit integers, and the vectors
 # move a little. int8 is faster only where the CPU multiplies 8-bit integers natively (AVX-512 VNNI, AMX): on the
 # course's 2-core CI machine (AVX2, no VNNI) `bench/encode.py` measured ONNX Runtime int8 at 1.03x fp32 PyTorch and
 # OpenVINO int8 at 0.53x (README, "Performance"), so measure on your own machine. `bgekit.Embedder(..., backend=..., quantize=...)` keeps everything else identical (the
@@ -161,20 +161,20 @@ backends
 # `bench/encode.py` is where the project measures speed properly (alternating runs, against
 # sentence-transformers' own backends, nDCG@10 over the full corpus). The lesson here is the *check*: before you
 # ship a faster backend, compare its vectors with the reference ones. A worst-case cosine of 0.9999 means nothing
-# moved; an int8 model typically lands at 0.99 or below, and only a retrieval metric tells you whether that
+# moved; the int8 models here land at 0.985 to 0.992 (the table below), and only a retrieval metric tells you whether that
 # matters.
 #
 # ## 3. Smaller vectors: int8, binary, product quantization
 #
-# The index holds one vector per passage. At float32 that is `4 × dim` bytes: 4 KiB for BGE-large, so 40 GB for
-# ten million passages. Compression trades exactness for memory:
+# The index holds one vector per passage. At float32 that is `4 × dim` bytes: 4 KiB for BGE-large, so about 41 GB
+# (38 GiB) for ten million passages (arithmetic). Compression trades exactness for memory:
 #
 # | format | bytes per vector (dim d) | how it scores |
 # |---|---|---|
 # | float32 | 4d | exact inner product |
 # | int8 (faiss scalar quantizer `sq8`) | d | each dimension mapped onto 256 levels of a range learnt per dimension |
 # | binary | d / 8 | the sign of each dimension; Hamming distance (XOR + bit count) |
-# | IVF-PQ | e.g. d / 8 | sub-vectors replaced by the nearest of 256 learnt centroids, searched in a few clusters |
+# | IVF-PQ | e.g. d / 8 | sub-vectors replaced by the nearest of 256 (8-bit codes) or, here, 16 (4-bit) learnt centroids, searched in a few clusters |
 #
 # **Rescoring** is the trick that makes the small formats practical: search the compressed index for
 # `rescore × k` candidates, then score only those with the float query against a copy of the vectors kept on
@@ -285,7 +285,8 @@ plt.tight_layout(); plt.show()
 #   almost always among the binary top 40-100, and the float query puts it back in place.
 # - An **int8 rescoring copy** does as well as a float one at a quarter of the size.
 # - **IVF-PQ** compresses as hard as binary, searches only a few clusters, and also recovers with rescoring; it
-#   needs training data (at least 256 vectors per sub-quantizer, many more for good centroids), which is why our
+#   needs training data (at least as many vectors as centroids per sub-quantizer, 256 for 8-bit codes; faiss warns
+#   below about 39 per centroid), which is why our
 #   tiny corpus gets 4-bit codes here.
 #
 # ## 4. How many candidates to rescore?
@@ -348,8 +349,9 @@ pd.DataFrame({"dims": dims, "bytes (float32)": [4 * d for d in dims], "nDCG@10":
               "of full": [round(trunc[d] / base_ndcg, 4) for d in dims]}).set_index("dims")
 
 # %% [markdown]
-# Compare the rows with the table of section 3: for the same bytes, binary quantisation of the *full* vector
-# with rescoring beats truncation by a wide margin on a model that was not trained for truncation. Truncation is
+# Compare the rows with the table of section 3: binary quantisation of the *full* vector already beats truncation
+# to a similar or larger size (compare the bytes columns), and with rescoring from a full-precision copy kept aside
+# it recovers nearly all of the float quality, on a model that was not trained for truncation. Truncation is
 # the right tool for Matryoshka-trained models (and combines with int8 or binary for them).
 #
 # ## 6. A corpus too big for one process
@@ -398,8 +400,8 @@ print("same ids:", a.ids == b.ids, "| same float vectors bit for bit:",
 #
 # ## 7. The GPU path (full mode)
 #
-# On a CUDA GPU the encoder runs in **fp16** by default: half the memory traffic and the tensor cores, at a
-# cosine of about 0.9999 to fp32. Length-sorted batching matters even more there, since padding wastes the GPU.
+# On a CUDA GPU the encoder runs in **fp16** by default: half the memory traffic and the tensor cores, with vectors
+# expected very close to fp32's (the cell below measures the worst-case cosine in full mode). Length-sorted batching matters even more there, since padding wastes the GPU.
 # In small mode (CPU) this cell only says what it would do.
 
 # %%
@@ -463,7 +465,7 @@ with check("binary search by hand"):
 # %% [markdown]
 # ## Summary
 #
-# - **Backends**: ONNX Runtime and OpenVINO run the same weights, often faster on a CPU; int8 models move the
+# - **Backends**: ONNX Runtime and OpenVINO run the same weights (on this CPU only OpenVINO fp32 was faster); int8 models move the
 #   vectors and are faster only on CPUs with 8-bit integer instructions (VNNI, AMX). Always check a faster model against the reference vectors and a retrieval metric.
 # - **int8 vectors** (`kind="sq8"`) cost a quarter of float32 and keep almost all of the quality.
 # - **Binary vectors** cost 1/32 and lose quality on their own; **rescoring** `rescore × k` candidates with the float

@@ -16,8 +16,9 @@ fork, change that one line and run this script.
 It keeps, too, **executed copies**: ``notebooks/executed/NN_name.md`` (with ``NN_name_files/``) is the solution
 notebook as it last ran top to bottom in small mode, with its printed outputs and figures, to read on GitHub; and
 ``notebooks/executed/NN_name.ipynb`` records the text of the cells that ran, outputs stripped (the project commits
-no notebook with outputs); ``--check`` names a copy whose code cells no longer match the source (a copy whose prose
-alone changed is brought up to date by the build, without a new run).
+no notebook with outputs), and ``NN_name.outputs.json`` what each code cell printed and drew, as data; ``--check``
+names a copy whose code cells no longer match the source. A copy whose prose alone changed is brought up to date by
+the build without a new run: the page is rewritten from the new prose and the recorded outputs.
 
     python notebooks/build.py                 # rebuild every notebook (and rewrite stale badges/setup cells in the sources)
     python notebooks/build.py --check         # exit 1 and name every notebook or executed copy that is out of date
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import shutil
 import sys
@@ -201,7 +203,35 @@ def execute(name: str, solution_text: str, timeout: int = 900) -> None:
     print(f"executed {name} in {time.perf_counter() - t0:.0f} s", flush=True)
     EXECUTED.mkdir(exist_ok=True)
     _write(EXECUTED / name, solution_text)   # the cells that ran, outputs stripped
-    write_markdown(nb, EXECUTED / name)      # ... and what they printed and drew, to read on GitHub
+    outputs = [{"execution_count": c.get("execution_count"), "outputs": c.get("outputs", [])}
+               for c in nb.cells if c.cell_type == "code"]
+    _write(outputs_file(name), _placeholders(json.dumps(outputs, indent=0)) + "\n")   # what they printed and drew
+    write_markdown(nb, EXECUTED / name)      # ... and as a page to read on GitHub
+
+
+def outputs_file(name: str) -> Path:
+    """``executed/NN_name.outputs.json``: the outputs of the last run, one entry per code cell (not a notebook, so
+    no output is committed in a notebook), from which a change in prose alone rewrites the page without a run."""
+    return EXECUTED / name.replace(".ipynb", ".outputs.json")
+
+
+def rewrite_page(name: str, solution_text: str) -> bool:
+    """Rewrite ``NN_name.md`` for new prose around the same code: the outputs of the last run, put back into the
+    solution notebook's code cells. False when the last run left no outputs file (then the page needs a run)."""
+    path = outputs_file(name)
+    nb = nbformat.reads(solution_text, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    if len(saved) != len(code):
+        return False
+    for cell, out in zip(code, saved):
+        cell.execution_count = out["execution_count"]
+        cell.outputs = [nbformat.from_dict(o) for o in out["outputs"]]
+    write_markdown(nb, EXECUTED / name)
+    return True
 
 
 def _placeholders(text: str) -> str:
@@ -265,11 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         elif (EXECUTED / name).read_text(encoding="utf-8") != solution_text:   # same code, new prose: no new run
             stale.append(_rel(EXECUTED / name))
             if not args.check:
+                if not rewrite_page(name, solution_text):
+                    print(f"{name}: no outputs file from the last run: its page keeps the old prose until "
+                          f"python notebooks/build.py --execute {name[:2]}")
+                    continue
                 _write(EXECUTED / name, solution_text)
     expected = {p.with_suffix(".ipynb").name for p in sources()}
     orphans = [p for d in (NOTEBOOKS, SOLUTIONS, EXECUTED) for p in d.glob("[0-9][0-9]_*.ipynb") if p.name not in expected]
-    orphans += [p for p in EXECUTED.glob("[0-9][0-9]_*") if p.suffix != ".ipynb"
-                and p.name.removesuffix("_files").removesuffix(".md") + ".ipynb" not in expected]
+    orphans += [p for p in EXECUTED.glob("[0-9][0-9]_*") if p.suffix != ".ipynb" and p.name.removesuffix("_files")
+                .removesuffix(".md").removesuffix(".outputs.json") + ".ipynb" not in expected]
     for p in orphans:
         stale.append(_rel(p))
         if not args.check:

@@ -87,6 +87,10 @@ def test_executed_copies_are_current_and_stripped():
         assert figures, f"{ex.with_suffix('.md').name}: no figure"
         assert all((ex.parent / f).is_file() for f in figures), f"{ex.with_suffix('.md').name}: a figure is missing"
         assert "/work/" not in page and "/root/" not in page and "/home/" not in page, "a local folder in the page"
+        data = ex.with_name(ex.name.replace(".ipynb", ".outputs.json")).read_text(encoding="utf-8")
+        n_code = sum(c["cell_type"] == "code" for c in json.loads(ex.read_text(encoding="utf-8"))["cells"])
+        assert len(json.loads(data)) == n_code, f"{ex.name}: the outputs file does not match the code cells"
+        assert "/work/" not in data and "/root/" not in data and "/home/" not in data, "a local folder in the outputs"
 
 
 def test_a_change_in_prose_needs_no_new_run(tmp_path, monkeypatch, capsys):
@@ -100,6 +104,8 @@ def test_a_change_in_prose_needs_no_new_run(tmp_path, monkeypatch, capsys):
                                  encoding="utf-8")
     for sub in ("", "solutions/", "executed/"):
         (work / sub / name).write_bytes((NB_DIR / sub / name).read_bytes())
+    outputs = name.replace(".ipynb", ".outputs.json")
+    (work / "executed" / outputs).write_bytes((NB_DIR / "executed" / outputs).read_bytes())
     monkeypatch.setattr(build, "NOTEBOOKS", work)
     monkeypatch.setattr(build, "SOLUTIONS", work / "solutions")
     monkeypatch.setattr(build, "EXECUTED", work / "executed")
@@ -107,6 +113,20 @@ def test_a_change_in_prose_needs_no_new_run(tmp_path, monkeypatch, capsys):
     assert build.main([]) == 0
     assert build.main(["--check"]) == 0, capsys.readouterr().out
     assert "One more sentence." in (work / "executed" / name).read_text(encoding="utf-8")
+    page = (work / "executed" / name.replace(".ipynb", ".md")).read_text(encoding="utf-8")
+    assert "One more sentence." in page   # the page has the new prose ...
+    assert page.count("![png](") == (NB_DIR / "executed" / name.replace(".ipynb", ".md")).read_text(
+        encoding="utf-8").count("![png](")   # ... and the outputs of the last run, figures included
+
+
+def test_every_page_has_the_current_prose():
+    """The executed pages carry the text of every markdown cell of their solution notebook as it is now."""
+    for src in SOURCES:
+        name = src.with_suffix(".ipynb").name
+        page = (NB_DIR / "executed" / name.replace(".ipynb", ".md")).read_text(encoding="utf-8")
+        for cell in json.loads((NB_DIR / "solutions" / name).read_text(encoding="utf-8"))["cells"]:
+            text = "".join(cell["source"]).strip()
+            assert cell["cell_type"] != "markdown" or text in page, f"{name}: stale prose in the page: {text[:80]!r}"
 
 
 @pytest.mark.parametrize("nb", LEARNER, ids=lambda p: p.stem)

@@ -34,3 +34,16 @@ def test_umap_scatter_groups_points():
     x = np.concatenate([rng.normal(0, 1, (12, 8)), rng.normal(5, 1, (12, 8))]).astype(np.float32)
     fig = viz.umap_scatter(x, ["a"] * 12 + ["b"] * 12)
     assert len(fig.axes[0].collections) == 2
+
+
+def test_flow_draws_a_box_per_step_and_an_arrow_between_neighbours():
+    steps = [("question", "text"), ("retrieve", "top k"), ("rerank", "fused"), ("prompt", "[1]..[n]"), ("LLM", "answer")]
+    fig = viz.flow(steps, per_row=3)
+    ax = fig.axes[0]
+    assert len(ax.patches) == len(steps)
+    names = [t.get_text() for t in ax.texts if t.get_weight() == "bold"]
+    assert names == [s[0] for s in steps]
+    arrows = [c for c in ax.get_children() if type(c).__name__ == "Annotation"]
+    assert len(arrows) == len(steps) - 1
+    with pytest.raises(ValueError, match="at least one step"):
+        viz.flow([])
