@@ -171,7 +171,7 @@ plt.show()
 
 # What each kind of negative leaves for a contrastive loss to learn: per query, -log softmax of its best positive
 # against its 7 negatives, at all-MiniLM-L6-v2's training temperature of 0.05 (sentence-transformers' scale 20)
-position = {normalize_text(t): j for j, t in enumerate(miner.pool)}
+pool_position = {normalize_text(t): j for j, t in enumerate(miner.pool)}   # passage text -> pool row
 
 
 def group_loss(pos, negs, tau=0.05):
@@ -179,7 +179,7 @@ def group_loss(pos, negs, tau=0.05):
     return float(np.log(np.exp(s - s.max()).sum()) - (s[0] - s.max()))
 
 
-mined_negs = [miner.pool_vecs[[position[normalize_text(t)] for t in r["neg"]]] @ miner.query_vector(i)
+mined_negs = [miner.pool_vecs[[pool_position[normalize_text(t)] for t in r["neg"]]] @ miner.query_vector(i)
               for i, r in enumerate(hard.output_rows)]
 for name, negs in [("random", random_scores.reshape(len(rows), 7)), ("mined (ranks 2-100)", mined_negs)]:
     losses = [group_loss(miner.positive_scores(i).max(), n) for i, n in enumerate(negs)]
@@ -407,9 +407,6 @@ display(pd.DataFrame([{"query": d["query"], "caught passage": short(d["text"], 1
 # false negatives the guard kept out of training.
 
 # %%
-pool_position = {normalize_text(t): j for j, t in enumerate(miner.pool)}
-
-
 def window_figure(i, report, a, b, show=120):
     raw = [int(p) for p in raw_ranking(i)]
     scores = miner.pool_vecs[raw] @ miner.query_vector(i)
