@@ -247,6 +247,21 @@ def test_bf16_training_learns(tmp_path, beir_dir):
     assert fast_bf16("cpu") in (True, False) and fast_bf16("mps") is False
 
 
+def test_bf16_on_a_machine_without_a_gpu_needs_no_use_cpu(tmp_path, monkeypatch):
+    """Notebook 03 asks for bf16 where the CPU has native bf16 and does not say use_cpu; transformers 5.25 refuses
+    bf16 without a GPU unless use_cpu is set, so the arguments set it wherever no accelerator exists."""
+    from bgekit.training import RerankerTrainingArguments
+    from bgekit.training import arguments as targs
+
+    monkeypatch.setattr(targs, "_has_accelerator", lambda: False)
+    args = RerankerTrainingArguments(output_dir=str(tmp_path / "rr"), bf16=True, report_to="none")
+    assert args.use_cpu and args.bf16
+    assert args.device.type == "cpu"
+    monkeypatch.setattr(targs, "_has_accelerator", lambda: True)   # a GPU machine: left to the Trainer
+    kept = RerankerTrainingArguments(output_dir=str(tmp_path / "rr"), report_to="none")
+    assert kept.use_cpu is False
+
+
 def test_freeze_layers_keeps_the_lowest_layers(tmp_path, beir_dir, minilm_path):
     from safetensors.torch import load_file
 

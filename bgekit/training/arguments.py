@@ -71,10 +71,22 @@ class _GroupTrainingArguments(TrainingArguments):
             raise ImportError(DEEPSPEED_HINT)
         if not torch.cuda.is_available():   # pinned memory only speeds up copies to a GPU (and warns without one)
             self.dataloader_pin_memory = False
-        # under torchrun on a machine without a GPU, train on the CPUs with gloo (accelerate needs use_cpu)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not self.use_cpu:
+        # on a machine without an accelerator, training runs on the CPUs anyway: say so, since transformers (5.25+)
+        # refuses bf16 there unless use_cpu is set, and under torchrun accelerate needs it to use gloo
+        if not self.use_cpu and not _has_accelerator():
             self.use_cpu = True
         super().__post_init__()
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU (CUDA/ROCm), an Apple GPU (MPS) or another accelerator."""
+    import torch
+
+    acc = getattr(torch, "accelerator", None)   # torch >= 2.6
+    if acc is not None:
+        return bool(acc.is_available())
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps is not None and mps.is_available())
 
 
 @dataclass
