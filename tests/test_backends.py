@@ -107,6 +107,8 @@ def test_reranker_backend_scores_match_torch(tiny_reranker_dir, cache, backend):
     ref = Reranker(tiny_reranker_dir, device="cpu").compute_score(PAIRS, batch_size=2)
     rr = Reranker(tiny_reranker_dir, backend=backend, cache_dir=cache)
     out = rr.compute_score(PAIRS, batch_size=2)
+    # OpenVINO's default on a CPU with native bf16 is to compute in bf16 (logits off by 0.2% here); fp32 is asked for
+    assert rr._runner.precision == "f32", rr._runner.precision
     assert np.ptp(ref) > 0.5  # the scores are spread, so a mix-up would show
     np.testing.assert_allclose(out, ref, atol=1e-3, rtol=1e-4)
 
@@ -205,11 +207,14 @@ def test_missing_backend_names_the_extra(tiny_dir, tiny_reranker_dir, tmp_path, 
 # 2-core AVX2 CPU without VNNI): ONNX Runtime int8 (per-channel, 7-bit weights) 0.7314 -> 0.7268 at batch 32, a
 # loss of 0.0046, inside the goal, but 0.7314 -> 0.7259 (0.0055) at the encoder's default batch of 64 used here:
 # dynamic quantization scales each batch's activations by that batch's range, so a passage's int8 vector depends on
-# its batch-mates. The bound here is the measured 0.006, a guard against regressions; the goal is missed at batch 64.
+# its batch-mates. The loss also depends on the CPU's int8 kernels: on a 2-core AVX-512 CPU with VNNI and native bf16
+# (a later session's machine) the same code lost 0.0118 at batch 32 and 0.0071 at batch 64 (with 8-bit weights,
+# which VNNI could take: -0.0001 and 0.0065). So the goal is missed at batch 64, and the bound here, a guard against
+# regressions (a bent-vector bug loses far more), is the largest loss measured on either CPU with margin: 0.015.
 # OpenVINO/NNCF static int8 0.7314 -> 0.7238 (0.0076, outside the goal) and half the speed of fp32 on this CPU, so it
 # is not a path the course recommends here: its vectors are checked against fp32 above
 # (test_backend_vectors_match_torch), and its nDCG figure is the benchmark's, not a test's (4-5 CPU minutes).
-INT8_BOUNDS = [("onnx", 0.006)]
+INT8_BOUNDS = [("onnx", 0.015)]
 
 
 def _course_ndcg(enc) -> float:
