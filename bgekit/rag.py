@@ -656,3 +656,82 @@ def check_support(
         scores.append(round(float(part[b]), 6))
         best_source.append(js[b])
     return SupportCheck(sentences, checked, scores, best_source, float(threshold))
+
+
+# --------------------------------------------------------------------------- the LLM as support judge
+
+__all__ += ["LLMJudge", "parse_verdict"]
+
+JUDGE_SYSTEM = ("You check facts. Given a passage and a claim, answer 'yes' if the passage states the claim "
+                "(or something that clearly implies it), and 'no' if it does not or says something different. "
+                "Reply with one word: yes or no.")
+
+_VERDICT = re.compile(r"\b(yes|no)\b", re.I)
+
+
+def parse_verdict(reply: str) -> float | None:
+    """Read a judge's reply: 1.0 for yes, 0.0 for no (the first of the two words that appears), None for neither.
+
+    >>> parse_verdict("Yes."), parse_verdict("  no, it says five minutes"), parse_verdict("Maybe")
+    (1.0, 0.0, None)
+    """
+    m = _VERDICT.search(reply or "")
+    return None if m is None else float(m.group(1).lower() == "yes")
+
+
+class LLMJudge:
+    """An LLM asked "does the passage state this claim?": a scorer for :func:`check_support`.
+
+    ``compute_score(pairs)`` sends one chat request per ``(claim, passage)`` pair (temperature 0, a few
+    tokens) and returns 1.0 for *yes*, 0.0 for *no* and 0.5 for a reply that is neither (counted in
+    ``undecided``), so ``check_support(answer, passages, LLMJudge(llm))`` with the default threshold 0.5
+    marks a sentence supported when the judge said yes for at least one of its sources (and when it
+    could not decide). LLM-as-judge is the faithfulness check RAGAS and TruLens use; its quality is
+    the LLM's: measure it on labelled right and wrong claims, as notebook 06 does, before trusting it.
+
+    Args:
+        llm: a chat model (:class:`bgekit.llm.LLMClient` or anything with ``chat(messages, system=,
+            max_tokens=, temperature=)`` returning text).
+        system: the instruction (default :data:`JUDGE_SYSTEM`).
+        max_chars: a passage is cut to this many characters in the prompt.
+
+    Example::
+
+        judge = LLMJudge(llm)
+        check_support(res.answer, [s["text"] for s in res.sources], judge).supported
+    """
+
+    def __init__(self, llm: ChatModelLike, system: str = JUDGE_SYSTEM, max_chars: int = 1500) -> None:
+        self.llm = llm
+        self.system = system
+        self.max_chars = int(max_chars)
+        self.replies: list[str] = []
+        self.undecided = 0
+
+    def prompt(self, claim: str, passage: str) -> str:
+        """The user message for one pair."""
+        return f"Passage: {str(passage)[:self.max_chars]}\n\nClaim: {claim}\n\nDoes the passage state the claim?"
+
+    def compute_score(self, pairs: Sequence[tuple[str, str]], normalize: bool = True) -> list[float]:
+        """One verdict per ``(claim, passage)`` pair, in order: 1.0 yes, 0.0 no, 0.5 undecided.
+
+        ``normalize`` is accepted for the scorer protocol and ignored (verdicts are already in [0, 1]).
+
+        Raises:
+            ValueError: a pair that is not two strings (its index named).
+            bgekit.llm.LLMError: the request failed (after the client's retries).
+        """
+        pairs = list(pairs)
+        for i, pair in enumerate(pairs):     # every pair checked before the first request is sent
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+                raise ValueError(f"pair {i} is not a (claim, passage) pair of strings: {pair!r:.80}")
+        out: list[float] = []
+        for pair in pairs:
+            reply = self.llm.chat(self.prompt(pair[0], pair[1]), system=self.system, max_tokens=4, temperature=0.0)
+            self.replies.append(reply)
+            verdict = parse_verdict(reply)
+            if verdict is None:
+                self.undecided += 1
+                logger.warning("LLM judge: reply %r is neither yes nor no: scored 0.5", reply[:60])
+            out.append(0.5 if verdict is None else verdict)
+        return out

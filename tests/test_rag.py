@@ -368,3 +368,42 @@ def test_langchain_embeddings_adapter_matches_the_encoder(encoder):
         from langchain_core.embeddings import Embeddings
 
         assert isinstance(emb, Embeddings)
+
+
+# ----------------------------------------------------------------------------- the LLM as support judge
+
+@pytest.mark.parametrize("reply, verdict", [
+    ("Yes", 1.0), ("yes.", 1.0), (" NO", 0.0), ("No, the passage says five minutes.", 0.0),
+    ("The answer is yes", 1.0), ("I cannot tell", None), ("", None), ("nothing", None), ("Yesterday", None),
+])
+def test_parse_verdict(reply, verdict):
+    from bgekit.rag import parse_verdict
+
+    assert parse_verdict(reply) == verdict
+
+
+def test_llm_judge_rejects_a_bad_pair_by_index():
+    from bgekit.rag import LLMJudge
+
+    class NeverCalled:   # the check happens before any request
+        def chat(self, *a, **k):
+            raise AssertionError("no request should be sent")
+
+    with pytest.raises(ValueError, match="pair 1 is not"):
+        LLMJudge(NeverCalled()).compute_score([("claim", "passage"), ("only one",)])
+
+
+@needs_server
+@pytest.mark.llm
+def test_llm_judge_scores_every_pair_with_the_real_server(local):
+    from bgekit.rag import LLMJudge, check_support, parse_verdict
+
+    judge = LLMJudge(local)
+    passages = ["Rest a grilled steak for about five minutes before slicing it.",
+                "A roast turkey should rest for thirty to forty minutes before carving."]
+    chk = check_support("Rest a steak for five minutes [1]. Rest a turkey for an hour [2].", passages, judge)
+    assert chk.checked == [[1], [2]]
+    assert len(judge.replies) == 2                        # one request per (claim, passage) pair
+    expected = [0.5 if parse_verdict(r) is None else parse_verdict(r) for r in judge.replies]
+    assert chk.scores == expected                        # the verdicts, as parsed from the server's own replies
+    assert judge.undecided == sum(v is None for v in map(parse_verdict, judge.replies))
