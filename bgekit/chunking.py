@@ -21,9 +21,13 @@ of them for WordPiece tokenizers (BERT, BGE v1.5, MiniLM). A single word longer 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["chunk_spans", "chunk_text", "chunk_corpus", "max_over_chunks", "build_long_documents"]
+__all__ = ["chunk_spans", "chunk_text", "chunk_corpus", "chunk_corpus_spans", "max_over_chunks", "build_long_documents",
+           "course_long_documents", "passage_spans", "span_qrels"]
+
+Span = tuple[str, int, int]   # (doc_id, start, end): characters start:end of doc_text(docs[doc_id])
 
 
 def _check_window(max_tokens: int, overlap: int) -> None:
@@ -97,6 +101,20 @@ def chunk_text(text: str, tokenizer: Any, max_tokens: int, overlap: int = 0) -> 
     return [text[s:e] for s, e in chunk_spans(text, tokenizer, max_tokens, overlap)]
 
 
+def chunk_corpus_spans(corpus: Mapping[str, Mapping[str, str] | str], tokenizer: Any, max_tokens: int,
+                       overlap: int = 0) -> dict[str, Span]:
+    """Where every chunk of :func:`chunk_corpus` lies: ``{f"{doc_id}#{i}": (doc_id, start, end)}``, characters
+    ``start:end`` of the document text :func:`bgekit.data.doc_text` (``title + " " + text``).
+
+    Args:
+        corpus, tokenizer, max_tokens, overlap: as for :func:`chunk_corpus`.
+    """
+    from .data import doc_text
+
+    return {f"{doc_id}#{i}": (doc_id, a, b) for doc_id, doc in corpus.items()
+            for i, (a, b) in enumerate(chunk_spans(doc_text(doc), tokenizer, max_tokens, overlap))}
+
+
 def chunk_corpus(corpus: Mapping[str, Mapping[str, str] | str], tokenizer: Any, max_tokens: int,
                  overlap: int = 0) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """Chunk every document of a BEIR-style corpus.
@@ -110,17 +128,16 @@ def chunk_corpus(corpus: Mapping[str, Mapping[str, str] | str], tokenizer: Any, 
 
     Returns:
         ``(chunks, parent)``: ``chunks`` is ``{f"{doc_id}#{i}": {"title": "", "text": chunk}}`` (a corpus that
-        ``DenseRetriever`` takes), ``parent`` maps each chunk id to its document id.
+        ``DenseRetriever`` takes), ``parent`` maps each chunk id to its document id. Where each chunk lies in its
+        document: :func:`chunk_corpus_spans`.
     """
     from .data import doc_text
 
     chunks: dict[str, dict[str, str]] = {}
     parent: dict[str, str] = {}
-    for doc_id, doc in corpus.items():
-        for i, piece in enumerate(chunk_text(doc_text(doc), tokenizer, max_tokens, overlap)):
-            cid = f"{doc_id}#{i}"
-            chunks[cid] = {"title": "", "text": piece}
-            parent[cid] = doc_id
+    for cid, (doc_id, a, b) in chunk_corpus_spans(corpus, tokenizer, max_tokens, overlap).items():
+        chunks[cid] = {"title": "", "text": doc_text(corpus[doc_id])[a:b]}
+        parent[cid] = doc_id
     return chunks, parent
 
 
@@ -151,6 +168,12 @@ def max_over_chunks(run: Mapping[str, Mapping[str, float]], parent: Mapping[str,
         ranked = sorted(best.items(), key=lambda kv: -kv[1])
         out[qid] = dict(ranked if k is None else ranked[:k])
     return out
+
+
+def _paragraph(p: Mapping[str, str]) -> str:
+    """A passage as a paragraph of a long document: ``"Title. text"``."""
+    head = (p.get("title") or "").strip()
+    return f"{head.rstrip('.')}. {p['text']}" if head else p["text"]
 
 
 def build_long_documents(corpus: Mapping[str, Mapping[str, str]], qrels: Mapping[str, Mapping[str, int]],
@@ -188,9 +211,7 @@ def build_long_documents(corpus: Mapping[str, Mapping[str, str]], qrels: Mapping
                 raise KeyError(f"document {doc_id!r}: passage {pid!r} is not in the corpus")
             if pid in where:
                 raise ValueError(f"passage {pid!r} is in {where[pid][0]!r} and {doc_id!r}")
-            p = corpus[pid]
-            head = (p.get("title") or "").strip()
-            para = f"{head.rstrip('.')}. {p['text']}" if head else p["text"]
+            para = _paragraph(corpus[pid])
             where[pid] = (doc_id, pos)
             parts.append(para)
             pos += len(para) + len(sep)
@@ -203,3 +224,116 @@ def build_long_documents(corpus: Mapping[str, Mapping[str, str]], qrels: Mapping
                 row = doc_qrels.setdefault(qid, {})
                 row[d] = max(row.get(d, 0), int(grade))
     return docs, doc_qrels, where
+
+
+def course_long_documents(corpus: Mapping[str, Mapping[str, str]], qrels: Mapping[str, Mapping[str, int]],
+                          data_dir: str | Path, per_article: int = 8,
+                          ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]], dict[str, tuple[str, int]]]:
+    """The course's long documents (notebooks 02 and 06): each topic's passages, in corpus order, joined into
+    "articles" of about ``per_article`` paragraphs (:func:`build_long_documents`).
+
+    The topic of a passage is read from the course's source files (``data_dir/source/passages_*.jsonl``,
+    ``{"topic", "title", "text", ...}`` per line). A topic with ``n`` passages gives ``max(1, round(n /
+    per_article))`` articles of near-equal length, with ids ``"<topic> <i>"`` and titles ``"<Topic>, part <i>"``.
+
+    Args:
+        corpus, qrels: a split of the course collection (``bgekit.data.load_beir``).
+        data_dir: the course data folder (``bgekit.data.course_data_dir()``).
+        per_article: paragraphs per article, about.
+
+    Returns:
+        ``(docs, doc_qrels, where)`` as :func:`build_long_documents`.
+
+    Raises:
+        FileNotFoundError: no source file in ``data_dir/source``.
+        KeyError: a corpus passage that no source file holds (its id named).
+    """
+    import collections
+    import json
+
+    import numpy as np
+
+    files = sorted((Path(data_dir) / "source").glob("passages_*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no passages_*.jsonl in {Path(data_dir) / 'source'}: the course's source files")
+    topic_of: dict[tuple[str, str], str] = {}
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    topic_of[rec["title"], rec["text"]] = rec["topic"]
+    by_topic: dict[str, list[str]] = collections.defaultdict(list)
+    for pid, doc in corpus.items():
+        key = (doc.get("title", ""), doc["text"])
+        if key not in topic_of:
+            raise KeyError(f"passage {pid!r} is in no source file of {Path(data_dir) / 'source'}")
+        by_topic[topic_of[key]].append(pid)
+    groups = []
+    for topic, pids in sorted(by_topic.items()):
+        parts = np.array_split(np.array(pids, dtype=object), max(1, round(len(pids) / per_article)))
+        groups += [(f"{topic} {i}", f"{topic.capitalize()}, part {i}", [str(p) for p in part])
+                   for i, part in enumerate(parts, start=1)]
+    return build_long_documents(corpus, qrels, groups)
+
+
+def passage_spans(docs: Mapping[str, Mapping[str, str]], corpus: Mapping[str, Mapping[str, str]],
+                  where: Mapping[str, tuple[str, int]]) -> dict[str, Span]:
+    """Where each passage of :func:`build_long_documents` lies in its document, as ``(doc_id, start, end)`` in
+    the document text :func:`bgekit.data.doc_text` (the coordinates of :func:`chunk_corpus_spans`).
+
+    >>> docs, _, where = build_long_documents({"p": {"title": "A", "text": "one."}, "r": {"title": "", "text": "two."}},
+    ...                                       {}, [("d", "Doc", ["p", "r"])])
+    >>> from bgekit.data import doc_text
+    >>> spans = passage_spans(docs, {"p": {"title": "A", "text": "one."}, "r": {"title": "", "text": "two."}}, where)
+    >>> [doc_text(docs["d"])[a:b] for _, a, b in spans.values()]
+    ['A. one.', 'two.']
+    """
+    from .data import doc_text
+
+    out: dict[str, Span] = {}
+    for pid, (doc_id, offset) in where.items():
+        shift = len(doc_text(docs[doc_id])) - len(docs[doc_id]["text"])   # the title and the space after it
+        start = shift + offset
+        out[pid] = (doc_id, start, start + len(_paragraph(corpus[pid])))
+    return out
+
+
+def span_qrels(units: Mapping[str, Span], passages: Mapping[str, Span], qrels: Mapping[str, Mapping[str, int]],
+               min_share: float = 0.5) -> dict[str, dict[str, int]]:
+    """Relevance judgements for pieces of documents (chunks, or the part of a document a prompt shows): a unit
+    gets a passage's grade for a query when it holds at least ``min_share`` of that passage's characters.
+
+    Args:
+        units: ``{unit_id: (doc_id, start, end)}`` (:func:`chunk_corpus_spans`).
+        passages: ``{passage_id: (doc_id, start, end)}`` in the same coordinates (:func:`passage_spans`).
+        qrels: ``{query_id: {passage_id: grade}}``; passages not in ``passages`` are ignored.
+        min_share: the share of a passage's characters a unit must hold, in (0, 1].
+
+    Returns:
+        ``{query_id: {unit_id: grade}}`` with a row, perhaps empty, for every query of ``qrels``: a query whose
+        answer no unit holds stays in (so a run that cannot reach its answer scores 0 on it, not "not asked").
+
+    Raises:
+        ValueError: ``min_share`` outside (0, 1].
+
+    >>> units = {"a#0": ("a", 0, 100), "a#1": ("a", 80, 200), "b#0": ("b", 0, 300)}
+    >>> span_qrels(units, {"p1": ("a", 90, 150)}, {"q": {"p1": 2}, "r": {"p9": 1}})
+    {'q': {'a#1': 2}, 'r': {}}
+    """
+    if not 0 < min_share <= 1:
+        raise ValueError(f"min_share must be in (0, 1], got {min_share!r}")
+    by_doc: dict[str, list[tuple[str, int, int]]] = {}
+    for uid, (doc_id, a, b) in units.items():
+        by_doc.setdefault(doc_id, []).append((uid, a, b))
+    out: dict[str, dict[str, int]] = {}
+    for qid, judged in qrels.items():
+        row = out.setdefault(qid, {})
+        for pid, grade in judged.items():
+            if grade <= 0 or pid not in passages:
+                continue
+            doc_id, start, end = passages[pid]
+            for uid, a, b in by_doc.get(doc_id, ()):
+                if max(0, min(b, end) - max(a, start)) >= min_share * (end - start):
+                    row[uid] = max(row.get(uid, 0), int(grade))
+    return out

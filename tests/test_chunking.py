@@ -3,7 +3,18 @@ import random
 
 import pytest
 
-from bgekit.chunking import build_long_documents, chunk_corpus, chunk_spans, chunk_text, max_over_chunks
+from bgekit.chunking import (
+    build_long_documents,
+    chunk_corpus,
+    chunk_corpus_spans,
+    chunk_spans,
+    chunk_text,
+    course_long_documents,
+    max_over_chunks,
+    passage_spans,
+    span_qrels,
+)
+from bgekit.data import doc_text
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +135,68 @@ def test_long_documents_join_passages_and_carry_the_best_grade():
         build_long_documents(corpus, qrels, [("A", "A", ["p1"]), ("B", "B", ["p1"])])
     with pytest.raises(KeyError, match="'B'.*p7"):
         build_long_documents(corpus, qrels, [("A", "A", ["p1"]), ("B", "B", ["p7"])])
+
+
+def test_chunk_corpus_spans_locate_the_chunks_of_chunk_text(tok, one_token_words):
+    corpus = {"d1": {"title": "Tree", "text": " ".join(one_token_words * 2)}, "d2": "water the plant"}
+    spans = chunk_corpus_spans(corpus, tok, max_tokens=6, overlap=2)
+    for d, doc in corpus.items():                 # the reference: chunk_text on each document's text
+        want = chunk_text(doc_text(doc), tok, 6, 2)
+        got = [doc_text(doc)[a:b] for c, (dd, a, b) in spans.items() if dd == d]
+        assert got == want and len(want) >= 1
+    chunks, parent = chunk_corpus(corpus, tok, max_tokens=6, overlap=2)
+    assert list(chunks) == list(spans) and all(parent[c] == spans[c][0] for c in chunks)
+
+
+@pytest.fixture(scope="module")
+def course_articles():
+    from bgekit.data import course_data_dir, load_beir
+
+    data = load_beir(course_data_dir(), "test")
+    return data, course_long_documents(data.corpus, data.qrels, course_data_dir())
+
+
+def test_course_long_documents_hold_every_passage_once_by_topic(course_articles):
+    data, (docs, dq, where) = course_articles
+    assert set(where) == set(data.corpus)          # every passage in exactly one article (where is keyed by passage)
+    sizes = {}
+    for d, _ in where.values():
+        sizes[d] = sizes.get(d, 0) + 1
+    by_topic = {}
+    for d, n in sizes.items():
+        by_topic.setdefault(d.rsplit(" ", 1)[0], []).append(n)
+    for topic, ns in by_topic.items():      # round(n / 8) articles of near-equal length ("about eight" paragraphs)
+        assert len(ns) == max(1, round(sum(ns) / 8)) and max(ns) - min(ns) <= 1, (topic, ns)
+    assert len(by_topic) >= 5 and all(docs[d]["title"].endswith(f"part {d.rsplit(' ', 1)[1]}") for d in docs)
+    # passage_spans: each passage found, character for character, in its article's document text
+    spans = passage_spans(docs, data.corpus, where)
+    for pid, (d, a, b) in spans.items():
+        p = data.corpus[pid]
+        assert doc_text(docs[d])[a:b] == f"{p['title'].rstrip('.')}. {p['text']}"
+    # whole documents as units give back build_long_documents' own document qrels (queries without any: empty rows)
+    whole = {d: (d, 0, len(doc_text(doc))) for d, doc in docs.items()}
+    got = span_qrels(whole, spans, data.qrels)
+    assert {q: r for q, r in got.items() if r} == dq and set(got) == set(data.qrels)
+
+
+def test_course_long_documents_name_a_passage_without_a_source(tmp_path, course_articles):
+    from bgekit.data import course_data_dir
+
+    data, _ = course_articles
+    corpus = dict(data.corpus) | {"stray": {"title": "Not in the sources", "text": "Written here."}}
+    with pytest.raises(KeyError, match="stray"):
+        course_long_documents(corpus, {}, course_data_dir())
+    with pytest.raises(FileNotFoundError, match="passages_"):
+        course_long_documents(data.corpus, {}, tmp_path)
+
+
+def test_span_qrels_hand_worked():
+    units = {"a#0": ("a", 0, 100), "a#1": ("a", 50, 150), "a#2": ("a", 140, 240), "b#0": ("b", 0, 100)}
+    passages = {"p": ("a", 100, 200), "r": ("b", 10, 20)}      # p: 100 characters
+    qrels = {"q1": {"p": 2, "r": 1}, "q2": {"p": 0}, "q3": {"x": 3}}
+    # a#0 holds 0 of p, a#1 50 (exactly half: counts), a#2 60; b#0 all of r
+    assert span_qrels(units, passages, qrels) == {"q1": {"a#1": 2, "a#2": 2, "b#0": 1}, "q2": {}, "q3": {}}
+    assert span_qrels(units, passages, qrels, min_share=0.6) == {"q1": {"a#2": 2, "b#0": 1}, "q2": {}, "q3": {}}
+    assert span_qrels(units, passages, {"q": {"p": 1, "p2": 3}}, min_share=1.0) == {"q": {}}
+    with pytest.raises(ValueError, match="min_share"):
+        span_qrels(units, passages, qrels, min_share=0)
