@@ -683,17 +683,19 @@ class LLMJudge:
     """An LLM asked "does the passage state this claim?": a scorer for :func:`check_support`.
 
     ``compute_score(pairs)`` sends one chat request per ``(claim, passage)`` pair (temperature 0, a few
-    tokens) and returns 1.0 for *yes*, 0.0 for *no* and 0.5 for a reply that is neither (counted in
-    ``undecided``), so ``check_support(answer, passages, LLMJudge(llm))`` with the default threshold 0.5
-    marks a sentence supported when the judge said yes for at least one of its sources (and when it
-    could not decide). LLM-as-judge is the faithfulness check RAGAS and TruLens use; its quality is
-    the LLM's: measure it on labelled right and wrong claims, as notebook 06 does, before trusting it.
+    tokens) and returns 1.0 for *yes*, 0.0 for *no* and ``undecided_score`` (default 0.0) for a reply that
+    is neither (counted in ``undecided``), so ``check_support(answer, passages, LLMJudge(llm))`` with the
+    default threshold 0.5 marks a sentence supported only when the judge said yes for at least one of its
+    sources: a judge that does not answer vouches for nothing. LLM-as-judge is the faithfulness check
+    RAGAS and TruLens use; its quality is the LLM's: measure it on labelled right and wrong claims, as
+    notebook 06 does, before trusting it (a 135M model there answers neither yes nor no).
 
     Args:
         llm: a chat model (:class:`bgekit.llm.LLMClient` or anything with ``chat(messages, system=,
             max_tokens=, temperature=)`` returning text).
         system: the instruction (default :data:`JUDGE_SYSTEM`).
         max_chars: a passage is cut to this many characters in the prompt.
+        undecided_score: the score of a reply that is neither yes nor no, in [0, 1].
 
     Example::
 
@@ -701,10 +703,14 @@ class LLMJudge:
         check_support(res.answer, [s["text"] for s in res.sources], judge).supported
     """
 
-    def __init__(self, llm: ChatModelLike, system: str = JUDGE_SYSTEM, max_chars: int = 1500) -> None:
+    def __init__(self, llm: ChatModelLike, system: str = JUDGE_SYSTEM, max_chars: int = 1500,
+                 undecided_score: float = 0.0) -> None:
+        if not 0.0 <= undecided_score <= 1.0:
+            raise ValueError(f"undecided_score must be in [0, 1], got {undecided_score!r}")
         self.llm = llm
         self.system = system
         self.max_chars = int(max_chars)
+        self.undecided_score = float(undecided_score)
         self.replies: list[str] = []
         self.undecided = 0
 
@@ -713,7 +719,7 @@ class LLMJudge:
         return f"Passage: {str(passage)[:self.max_chars]}\n\nClaim: {claim}\n\nDoes the passage state the claim?"
 
     def compute_score(self, pairs: Sequence[tuple[str, str]], normalize: bool = True) -> list[float]:
-        """One verdict per ``(claim, passage)`` pair, in order: 1.0 yes, 0.0 no, 0.5 undecided.
+        """One verdict per ``(claim, passage)`` pair, in order: 1.0 yes, 0.0 no, ``undecided_score`` otherwise.
 
         ``normalize`` is accepted for the scorer protocol and ignored (verdicts are already in [0, 1]).
 
@@ -732,6 +738,6 @@ class LLMJudge:
             verdict = parse_verdict(reply)
             if verdict is None:
                 self.undecided += 1
-                logger.warning("LLM judge: reply %r is neither yes nor no: scored 0.5", reply[:60])
-            out.append(0.5 if verdict is None else verdict)
+                logger.warning("LLM judge: reply %r is neither yes nor no: scored %g", reply[:60], self.undecided_score)
+            out.append(self.undecided_score if verdict is None else verdict)
         return out

@@ -391,6 +391,8 @@ def test_llm_judge_rejects_a_bad_pair_by_index():
 
     with pytest.raises(ValueError, match="pair 1 is not"):
         LLMJudge(NeverCalled()).compute_score([("claim", "passage"), ("only one",)])
+    with pytest.raises(ValueError, match="undecided_score"):
+        LLMJudge(NeverCalled(), undecided_score=2)
 
 
 @needs_server
@@ -398,12 +400,12 @@ def test_llm_judge_rejects_a_bad_pair_by_index():
 def test_llm_judge_scores_every_pair_with_the_real_server(local):
     from bgekit.rag import LLMJudge, check_support, parse_verdict
 
-    judge = LLMJudge(local)
+    judge = LLMJudge(local, undecided_score=0.25)
     passages = ["Rest a grilled steak for about five minutes before slicing it.",
                 "A roast turkey should rest for thirty to forty minutes before carving."]
     chk = check_support("Rest a steak for five minutes [1]. Rest a turkey for an hour [2].", passages, judge)
     assert chk.checked == [[1], [2]]
     assert len(judge.replies) == 2                        # one request per (claim, passage) pair
-    expected = [0.5 if parse_verdict(r) is None else parse_verdict(r) for r in judge.replies]
+    expected = [0.25 if parse_verdict(r) is None else parse_verdict(r) for r in judge.replies]
     assert chk.scores == expected                        # the verdicts, as parsed from the server's own replies
     assert judge.undecided == sum(v is None for v in map(parse_verdict, judge.replies))
