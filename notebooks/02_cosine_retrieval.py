@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | beginner | runs in 3.5 min (195 s) in small mode (measured on 2 CPU cores, with notebook 01's embedding cache); about 7 min on a Colab T4 in full mode (estimated) | 01 |
+# | beginner | runs in 2-3.5 min in small mode (measured: 103 s on 2 AVX-512 CPU cores, 195 s on 2 older AVX2 cores, with notebook 01's embedding cache); about 7 min on a Colab T4 in full mode (estimated) | 01 |
 #
 # Notebook 01 turned text into vectors. Here we use those vectors to **search**: embed a few hundred
 # passages about growing plants at home, put them in an index, ask questions in everyday words, and
@@ -497,29 +497,16 @@ assert same == 1.0
 # of one topic (watering, pests, tomatoes, ...; the topic is recorded in `data/source/`) are joined, in corpus order,
 # into "articles" of about eight paragraphs, each paragraph starting with its passage's title. A test query's
 # relevant articles are those that contain one of its relevant passages, with that passage's grade.
-# `bgekit.chunking.build_long_documents` does the bookkeeping and remembers where each passage landed.
+# `bgekit.chunking.course_long_documents` builds them (on `build_long_documents`, which does the bookkeeping and
+# remembers where each passage landed); notebook 06 uses the same articles.
 
 # %%
 import collections
-import json
 
-from bgekit.chunking import build_long_documents, chunk_corpus, max_over_chunks
+from bgekit.chunking import chunk_corpus, course_long_documents, max_over_chunks
 from bgekit.data import doc_text
 
-topic_of = {}
-for path in sorted((cfg.data_dir / "source").glob("passages_*.jsonl")):
-    for line in open(path, encoding="utf-8"):
-        rec = json.loads(line)
-        topic_of[rec["title"], rec["text"]] = rec["topic"]
-by_topic = collections.defaultdict(list)
-for pid, doc in data.corpus.items():
-    by_topic[topic_of[doc["title"], doc["text"]]].append(pid)
-groups = []
-for topic, pids in sorted(by_topic.items()):
-    parts = np.array_split(pids, max(1, round(len(pids) / 8)))           # about 8 passages per article
-    groups += [(f"{topic} {i}", f"{topic.capitalize()}, part {i}", [str(p) for p in part])
-               for i, part in enumerate(parts, start=1)]
-articles, article_qrels, where = build_long_documents(data.corpus, data.qrels, groups)
+articles, article_qrels, where = course_long_documents(data.corpus, data.qrels, cfg.data_dir, per_article=8)
 article_queries = {q: data.queries[q] for q in article_qrels}
 
 tok = encoder.tokenizer
@@ -627,25 +614,20 @@ plt.tight_layout(); plt.show()
 # of the top article (the rest of it, and every other article, stays out); with chunks or paragraphs it is the best
 # ones until the budget is spent. For each query we ask whether its best relevant passage **reaches the prompt**
 # (at least half of its characters are among the sources). That is the ceiling of every citation figure: an answer
-# the LLM never reads, it cannot cite. It needs no LLM; notebook 06 measures the citations themselves, on the
-# course's short passages.
+# the LLM never reads, it cannot cite. It needs no LLM; notebook 06 puts the same articles in front of one and measures
+# the citations themselves.
 
 # %%
-from bgekit.chunking import chunk_spans
+from bgekit.chunking import chunk_corpus_spans, passage_spans
 
 BUDGET = 512   # tokens of sources in the prompt
 
 
-def n_tok(text):
-    return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-
 def prompt_spans(ranked_units, budget=BUDGET):
-    """ranked_units: [(doc_id, start, end)] best first, spans in an article's text -> what fits the budget."""
+    """ranked_units: [(doc_id, start, end)] best first, spans of an article's text -> what fits the budget."""
     kept = []
     for doc, a, b in ranked_units:
-        text = articles[doc]["text"][a:b]
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        enc = tok(doc_text(articles[doc])[a:b], add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         if len(enc["input_ids"]) > budget:   # cut the last unit to what still fits
             b = a + (enc["offset_mapping"][budget - 1][1] if budget else 0)
         kept.append((doc, a, b))
@@ -655,34 +637,30 @@ def prompt_spans(ranked_units, budget=BUDGET):
     return kept
 
 
-def para_span(pid):                  # where build_long_documents put a passage: (article, start, end)
-    doc, start = where[pid]
-    p = data.corpus[pid]
-    head = p["title"].strip()
-    return doc, start, start + len(f"{head.rstrip('.')}. {p['text']}" if head else p["text"])
-
-
 def best_first(run):
     return sorted(run, key=run.get, reverse=True)
 
 
+# every unit as (article, start, end) in the article's text (title included): passages where build_long_documents put
+# them, chunks where chunk_corpus cut them
+para = passage_spans(articles, data.corpus, where)
+chunk_span = chunk_corpus_spans(articles, tok, best_size, best_overlap)
+
+
 def reaches_prompt(q, kept):
-    doc, start, end = para_span(max(data.qrels[q], key=data.qrels[q].get))   # the query's best relevant passage
-    inside = sum(max(0, min(b, end) - max(a, start)) for d, a, b in kept if d == doc)
-    return inside >= 0.5 * (end - start)
+    doc, start, end = para[max(data.qrels[q], key=data.qrels[q].get)]   # the query's best relevant passage
+    seen = set()                                     # its characters that are in the prompt (overlaps counted once)
+    for d, a, b in kept:
+        if d == doc:
+            seen.update(range(max(a, start), min(b, end)))
+    return len(seen) >= 0.5 * (end - start)
 
 
-# the units of each strategy as spans of the articles' texts, in the order the retriever ranks them
-chunk_span = {}
-for doc, art in articles.items():
-    shift = len(doc_text(art)) - len(art["text"])                         # the title and the space before the text
-    for i, (a, b) in enumerate(chunk_spans(doc_text(art), tok, best_size, best_overlap)):
-        chunk_span[f"{doc}#{i}"] = (doc, max(0, a - shift), max(0, b - shift))
 chunk_run, passage_run = best_index.run(article_queries, k=50), dense.run(article_queries, k=50)
 strategies = {
-    "whole articles (truncated)": lambda q: [(d, 0, len(articles[d]["text"])) for d in best_first(run_whole[q])],
+    "whole articles (truncated)": lambda q: [(d, 0, len(doc_text(articles[d]))) for d in best_first(run_whole[q])],
     f"chunks of {best_size}, overlap {best_overlap}": lambda q: [chunk_span[c] for c in best_first(chunk_run[q])],
-    "paragraphs (the original passages)": lambda q: [para_span(d) for d in best_first(passage_run[q]) if d in where],
+    "paragraphs (the original passages)": lambda q: [para[d] for d in best_first(passage_run[q]) if d in para],
 }
 reach = []
 for name, units in strategies.items():
