@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | beginner | runs in 2-3.5 min in small mode (measured: 103 s on 2 AVX-512 CPU cores, 195 s on 2 older AVX2 cores, with notebook 01's embedding cache); about 7 min on a Colab T4 in full mode (estimated) | 01 |
+# | beginner | runs in 1.5-3.5 min in small mode (measured: 103 s on 2 AVX-512 CPU cores from an empty embedding cache; 195 s on 2 older AVX2 cores with notebook 01's cache); about 7 min on a Colab T4 in full mode (estimated) | 01 |
 #
 # Notebook 01 turned text into vectors. Here we use those vectors to **search**: embed a few hundred
 # passages about growing plants at home, put them in an index, ask questions in everyday words, and

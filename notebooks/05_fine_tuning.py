@@ -445,7 +445,7 @@ display(gain.style.format("{:+.4f}", subset=["gain"]).format("{:.4f}", subset=["
 #
 # **Merging** (the idea behind LM-Cocktail) averages the weights of the two models:
 # $\theta = w\,\theta_{\text{fine-tuned}} + (1 - w)\,\theta_{\text{base}}$. It works because a
-# fine-tune stays close to its starting point, so points on the line between them are good models
+# fine-tune stays close to its starting point, so points on the line between them in weight space are good models
 # too. $w = 1$ is the fine-tuned model, $w = 0$ the base; in between we trade in-domain gain for
 # general ability. `bgekit.merging.merge_models` checks that the models have the same architecture,
 # normalises the weights and saves a loadable folder.
@@ -531,23 +531,27 @@ d, t = sw["in-domain nDCG@10"], sw["topic grouping nDCG@10"]
 if d[1.0] > d[0.0] and t[1.0] < t[0.0]:   # the trade-off showed: what does w = 0.5 keep, and what does it give back?
     print(f"w = 0.5 keeps {(d[0.5] - d[0.0]) / (d[1.0] - d[0.0]):.0%} of the in-domain gain and "
           f"{(t[0.5] - t[1.0]) / (t[0.0] - t[1.0]):.0%} of the topic-grouping loss is recovered")
+else:
+    print("no trade-off in this run (in-domain did not rise, or topic grouping did not fall): nothing for merging "
+          "to recover here")
 
 # %% [markdown]
 # Read the plots from $w = 0$ (base) to $w = 1$ (fine-tuned); the printed lines give the numbers of this
 # run. The in-domain score rises with $w$. The two general tasks need not move together, and in the run
 # recorded in `notebooks/executed/` they did not:
 #
-# - **look-alike retrieval** did not fall: it is the same kind of task as our training ("question → the one
-#   passage that answers it, among look-alikes"), so what the model learned on plants carried over to steaks
-#   and passports;
+# - **look-alike retrieval** did not fall (it moved by about a hundredth, within noise): it is the same kind of
+#   task as our training ("question → the one passage that answers it, among look-alikes"), so what the model
+#   learned on plants carried over to steaks and passports;
 # - **topic grouping** fell: the fine-tuned model puts same-topic passages less close together, in topics it
-#   never saw in training. That is the hard negatives at work: we paid the model to tell "on the subject" from
-#   "answers the question", and it learned it everywhere. This is forgetting, and it is the kind to expect:
+#   never saw in training. Most likely that is the hard negatives at work (no run without them is made here to
+#   prove it): we paid the model to tell "on the subject" from "answers the question", and it learned it
+#   everywhere. This is forgetting, and it is the kind to expect:
 #   not of everything, but of what the training objective works against.
 #
-# Merging is the cure, and the picture shows why it works: the points between $w = 0$ and $w = 1$ do not lie
-# on the straight line between the ends. In this run $w = 0.5$ kept well over half of the in-domain gain and
-# gave back most of the topic-grouping loss (the last printed line). The LM-Cocktail paper (Xiao et al., arXiv
+# Merging is the cure. In the right-hand panel the $w = 0.5$ point lies off the straight line (in the plot) between
+# the two ends: it keeps more of both scores than a straight trade would. In this run $w = 0.5$ kept about 60% of the
+# in-domain gain and gave back about 80% of the topic-grouping loss (the last printed line). The LM-Cocktail paper (Xiao et al., arXiv
 # 2311.13534) reports the same for BGE-style embedders on general benchmarks; here it is measured on one
 # small-mode run (one seed, 200 passages: a difference of a hundredth is within noise, no interval is
 # computed). Pick $w$ on validation data of *both* kinds, never on the test set you report, and include among
@@ -685,7 +689,7 @@ with check("in-batch negatives by hand"):
 # - On the course's held-out test queries the fine-tuned model beat the base model on nDCG@10 (table in
 #   section 5): fine-tuning on a few hundred mined examples is worth it.
 # - Fine-tuning forgets what its objective works against: hard negatives on the query's own subject made the
-#   model worse at grouping passages by topic, in topics it never saw, while look-alike retrieval improved;
+#   model worse at grouping passages by topic, in topics it never saw, while look-alike retrieval did not fall.
 # - `merge_models([fine_tuned, base], [w, 1 - w])` trades in-domain gain against general ability with a
 #   single number, and the midpoint keeps more than a straight line would; choose it on validation data of both
 #   kinds.

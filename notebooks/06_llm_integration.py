@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | intermediate | runs in 2-4 min in small mode (measured with python notebooks/build.py --execute: 106 s on 2 AVX-512 CPU cores; about twice that on older 2-core CPUs, as for notebooks 02 and 05); about 5 min with an API key on a Colab T4 in full mode (estimated) | 02, 03 |
+# | intermediate | runs in about 2 min in small mode (measured with python notebooks/build.py --execute: 106 s on 2 AVX-512 CPU cores; estimated: about twice that on older 2-core CPUs, as measured for notebooks 02 and 05); about 7 min with an API key on a Colab T4 in full mode (estimated) | 02, 03 |
 #
 # The last step of the course: answer questions with a large language model (LLM) that is *grounded*
 # in what the retriever found. The retriever of the earlier notebooks finds passages; the LLM reads
@@ -589,8 +589,9 @@ ax.set_title("Topic (x) versus support (y)"); ax.legend(fontsize=7); fig.tight_l
 # the small course reranker (small mode) it did no better than the cosine in the run recorded in
 # `notebooks/executed/` (67% of the cases each), and its threshold also rejected right answers. Expect misses: a relevance reranker was trained to find passages *about* a question, not to spot a
 # negation or a swapped number, so an on-topic contradiction can still score high. An entailment (NLI)
-# model, or a capable LLM asked "does the passage state this claim?", reads contradictions better; neither
-# runs offline in this course. Whatever judge you use, keep labelled right/wrong pairs like these nine to choose
+# model, or a capable LLM asked "does the passage state this claim?", is expected to read contradictions better
+# (the reason RAG evaluation tools use them; unmeasured here for an NLI model, which does not run offline in this
+# course, and measured below for the LLM at hand). Whatever judge you use, keep labelled right/wrong pairs like these nine to choose
 # its threshold and to measure it.
 #
 # **The LLM as judge.** The third way, and the one RAG evaluation tools such as RAGAS use, is to ask an LLM:
@@ -599,8 +600,8 @@ ax.set_title("Topic (x) versus support (y)"); ax.legend(fontsize=7); fig.tight_l
 # eighteen answers. A reply that is neither yes nor no counts as "not supported" (a judge that does not answer
 # vouches for nothing) and is counted apart. Its quality is the LLM's, not the method's: the local stand-in is a
 # 135M-parameter chat model, far too small to judge (in the run recorded in `notebooks/executed/` it answered none of
-# the eighteen with a yes or a no, the first reply is printed below); with an API model configured (full mode) the
-# same cell measures that model. Either way the printed lines are the measurement, and they show why a judge is
+# the eighteen with a yes or a no; the first reply is printed below); with an API key set, the same cell measures
+# that API's model. Either way the printed lines are the measurement, and they show why a judge is
 # measured on labelled pairs before anyone trusts it.
 
 # %%
@@ -631,7 +632,7 @@ if llm_ready("the LLM as judge"):
 #
 # How many test questions we evaluate follows the LLM in use: with an API, all of them when they fit a two-minute
 # budget at the speed of the first answer in section 3, else as many as fit (at least 10); with the local model on a
-# CPU, 6 (each answer takes it about 7 s); in CI's full-mode rehearsal, whose random stand-in models only check that
+# CPU, 6 (the first answer's time, printed below, says what each costs); in CI's full-mode rehearsal, whose random stand-in models only check that
 # the code runs, 4. To see what the rerank stage buys, we run the same questions twice: once with the dense top 4 as the
 # sources, once with the dense top 20 reranked (fused score) down to 4.
 
@@ -719,13 +720,14 @@ if llm_ready("the with/without rerank table"):
 #   each source (`max_chars` of `rag.answer`, there to keep a small model's prompt short), so most of an article
 #   never reaches the LLM;
 # - **chunks** of 64 tokens with 16 tokens of overlap (`chunking.chunk_corpus`; one of notebook 02's chunkings, so
-#   their embeddings come from its cache), each shown whole. A chunk holds about 285 characters here (MiniLM's
-#   tokenizer; measured), so four of them fill less than half of what four article openings put in the prompt.
+#   their embeddings come from its cache), each shown whole. A chunk holds about 300 characters (the cell prints
+#   the mean), so four of them fill less than half of what four article openings put in the prompt.
 #
 # A source counts as relevant when the text the prompt shows holds at least half of a relevant passage
 # (`chunking.span_qrels`), so "relevant passage among sources" means exactly "the answer was in front of the LLM".
-# With the local model on a CPU, to save CI time, 4 questions are asked and each answer is cut at 48 tokens (the
-# first sentence and its citation are what this measures); with an API model, the questions of the evaluation above.
+# With the local model on a CPU, to save CI time, it asks as many questions as fit 30 seconds at the speed of the
+# first answer in section 3 (2 to 4; the cell prints how many) and cuts each answer at 48 tokens (the first sentence and
+# its citation are what this measures); with an API model, the questions of the evaluation above.
 
 # %%
 if llm_ready("long documents in RAG"):
@@ -740,8 +742,11 @@ if llm_ready("long documents in RAG"):
         f"chunks of {CHUNK} tokens, overlap {OVERLAP}": (chunks, chunk_corpus_spans(articles, encoder.tokenizer,
                                                                                  CHUNK, OVERLAP)),
     }
-    # the local model on a CPU: 4 questions, answers cut at 48 tokens (the first sentence and its citation), for CI time
-    n_long, short = (4, 48) if llm.server is not None else (n_eval, max_tokens)
+    if llm.server is not None:   # the local model on a CPU: the questions that fit 30 s (2 to 4), answers of 48 tokens
+        n_long, short = max(2, min(4, int(30 / (2 * max(t_first, 1e-3))))), 48
+    else:
+        n_long, short = n_eval, max_tokens
+    from bgekit.config import rehearsal
     if rehearsal():   # CI's full-mode rehearsal: random stand-in models, only the code path is checked
         n_long = 2
     long_reports = {}
@@ -753,16 +758,18 @@ if llm_ready("long documents in RAG"):
                                                     max_tokens=short, max_chars=SHOWN)
     first, second = long_reports.values()
     assert [r["qid"] for r in first.rows] == [r["qid"] for r in second.rows]   # the same questions
-    print(f"{len(articles)} articles from {len(data.corpus)} passages; {len(chunks)} chunks; "
-          f"{first.n} questions, the same for both")
-    display(pd.DataFrame({name: figures(rep) for name, rep in long_reports.items()}).T.round(3))
+    mean_chars = np.mean([len(c["text"]) for c in chunks.values()])
+    print(f"{len(articles)} articles from {len(data.corpus)} passages; {len(chunks)} chunks of {mean_chars:.0f} "
+          f"characters on average; {first.n} questions, the same for both")
+    long_table = pd.DataFrame({name: figures(rep) for name, rep in long_reports.items()}).T
+    display(long_table.drop(columns=[c for c in long_table if "attribution" in c]).round(3))   # no encoder passed
 
 # %% [markdown]
 # Read the first two columns. With whole articles the answer rarely reaches the LLM: only when it sits in the first
 # few hundred characters of an article that was retrieved, and "cites a relevant passage" can be no higher than
 # that. Chunks put the best-matching pieces of several articles in front of the LLM, so the ceiling rises, and the
 # citations follow it, although the chunks fill less than half of the prompt. This is the RAG figure behind notebook
-# 02's advice (chunk what is longer than the encoder reads, and rank the chunks); with four questions and a 135M
+# 02's advice (chunk what is longer than the encoder reads, and rank the chunks); with a few questions and a 135M
 # model, read it as a direction, and run it with a capable model and all questions before quoting it.
 
 # %% [markdown]
@@ -865,6 +872,6 @@ if server is not None:
 #   by latency per stage, and measure a stage by running the same questions with and without it.
 # - Long documents: what the prompt shows decides what can be cited. Whole articles put only their openings in front
 #   of the LLM; chunks (`chunking.chunk_corpus`, relevance carried by `chunking.span_qrels`) put the best-matching
-#   pieces there, and the answers cite relevant text far more often.
+#   pieces there, and the answers cited relevant text more often (a direction: a few questions, a 135M model).
 #
 # With `NOVITA_API_KEY` set, rerun this notebook: the same cells use a Llama-3.1-8B model at Novita AI.
