@@ -262,6 +262,17 @@ def test_bf16_on_a_machine_without_a_gpu_needs_no_use_cpu(tmp_path, monkeypatch)
     assert kept.use_cpu is False
 
 
+def test_warmup_steps_given_win_over_the_default_ratio(tmp_path):
+    """transformers 5 has no warmup_ratio: bgekit maps it onto warmup_steps (a fraction), but only where the user did
+    not give warmup_steps; the reranker's default ratio 0.1 used to overwrite --warmup_steps 10."""
+    from bgekit.training import RerankerTrainingArguments
+
+    kw = dict(output_dir=str(tmp_path / "rr"), report_to="none", use_cpu=True)
+    assert RerankerTrainingArguments(**kw, warmup_steps=10).warmup_steps == 10
+    assert RerankerTrainingArguments(**kw).warmup_steps == pytest.approx(0.1)          # the default ratio
+    assert RerankerTrainingArguments(**kw, warmup_ratio=0.25).warmup_steps == pytest.approx(0.25)
+
+
 def test_freeze_layers_keeps_the_lowest_layers(tmp_path, beir_dir, minilm_path):
     from safetensors.torch import load_file
 

@@ -63,7 +63,7 @@ class _GroupTrainingArguments(TrainingArguments):
         if r is not None and "warmup_ratio" not in TrainingArguments.__dataclass_fields__:   # transformers 5
             if not 0 <= r < 1:
                 problems.append(f"warmup_ratio must be in [0, 1), got {r}")
-            elif r > 0:
+            elif r > 0 and not self.warmup_steps:   # warmup_steps given by the user wins over a (default) ratio
                 self.warmup_steps = float(r)
         if problems:
             raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems))
