@@ -246,6 +246,7 @@ def course_long_documents(corpus: Mapping[str, Mapping[str, str]], qrels: Mappin
 
     Raises:
         FileNotFoundError: no source file in ``data_dir/source``.
+        ValueError: ``per_article`` below 1, or a source line that is not a record (file and line named).
         KeyError: a corpus passage that no source file holds (its id named).
     """
     import collections
@@ -253,16 +254,21 @@ def course_long_documents(corpus: Mapping[str, Mapping[str, str]], qrels: Mappin
 
     import numpy as np
 
+    if not isinstance(per_article, int) or per_article < 1:
+        raise ValueError(f"per_article must be an integer >= 1, got {per_article!r}")
     files = sorted((Path(data_dir) / "source").glob("passages_*.jsonl"))
     if not files:
         raise FileNotFoundError(f"no passages_*.jsonl in {Path(data_dir) / 'source'}: the course's source files")
     topic_of: dict[tuple[str, str], str] = {}
     for path in files:
         with open(path, encoding="utf-8") as f:
-            for line in f:
+            for i, line in enumerate(f, start=1):
                 if line.strip():
-                    rec = json.loads(line)
-                    topic_of[rec["title"], rec["text"]] = rec["topic"]
+                    try:
+                        rec = json.loads(line)
+                        topic_of[rec.get("title", ""), rec["text"]] = rec["topic"]
+                    except (ValueError, KeyError, TypeError) as e:
+                        raise ValueError(f"{path}, line {i}: not a {{'topic', 'title', 'text'}} record ({e})") from e
     by_topic: dict[str, list[str]] = collections.defaultdict(list)
     for pid, doc in corpus.items():
         key = (doc.get("title", ""), doc["text"])
@@ -293,9 +299,17 @@ def passage_spans(docs: Mapping[str, Mapping[str, str]], corpus: Mapping[str, Ma
 
     out: dict[str, Span] = {}
     for pid, (doc_id, offset) in where.items():
-        shift = len(doc_text(docs[doc_id])) - len(docs[doc_id]["text"])   # the title and the space after it
-        start = shift + offset
-        out[pid] = (doc_id, start, start + len(_paragraph(corpus[pid])))
+        if doc_id not in docs:
+            raise KeyError(f"passage {pid!r} is placed in document {doc_id!r}, which is not in docs")
+        if pid not in corpus:
+            raise KeyError(f"passage {pid!r} is not in the corpus")
+        doc = docs[doc_id]
+        title = doc.get("title") or ""
+        full = title + " " + doc["text"]                     # doc_text before it is stripped
+        shift = len(title) + 1 - (len(full) - len(full.lstrip()))   # where the text starts in doc_text
+        n = len(doc_text(doc, f"docs[{doc_id!r}]"))
+        start = min(max(0, shift + offset), n)               # clipped to doc_text, which strips both ends
+        out[pid] = (doc_id, start, min(max(start, shift + offset + len(_paragraph(corpus[pid]))), n))
     return out
 
 
@@ -307,7 +321,7 @@ def span_qrels(units: Mapping[str, Span], passages: Mapping[str, Span], qrels: M
     Args:
         units: ``{unit_id: (doc_id, start, end)}`` (:func:`chunk_corpus_spans`).
         passages: ``{passage_id: (doc_id, start, end)}`` in the same coordinates (:func:`passage_spans`).
-        qrels: ``{query_id: {passage_id: grade}}``; passages not in ``passages`` are ignored.
+        qrels: ``{query_id: {passage_id: grade}}``; passages not in ``passages``, and empty spans, are ignored.
         min_share: the share of a passage's characters a unit must hold, in (0, 1].
 
     Returns:
@@ -333,6 +347,8 @@ def span_qrels(units: Mapping[str, Span], passages: Mapping[str, Span], qrels: M
             if grade <= 0 or pid not in passages:
                 continue
             doc_id, start, end = passages[pid]
+            if end <= start:   # an empty passage: nothing a unit could hold
+                continue
             for uid, a, b in by_doc.get(doc_id, ()):
                 if max(0, min(b, end) - max(a, start)) >= min_share * (end - start):
                     row[uid] = max(row.get(uid, 0), int(grade))

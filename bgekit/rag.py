@@ -734,6 +734,7 @@ class LLMJudge:
         out: list[float] = []
         for pair in pairs:
             reply = self.llm.chat(self.prompt(pair[0], pair[1]), system=self.system, max_tokens=4, temperature=0.0)
+            reply = "" if reply is None else str(reply)     # a chat object that returns None: no verdict
             self.replies.append(reply)
             verdict = parse_verdict(reply)
             if verdict is None:

@@ -200,3 +200,32 @@ def test_span_qrels_hand_worked():
     assert span_qrels(units, passages, {"q": {"p": 1, "p2": 3}}, min_share=1.0) == {"q": {}}
     with pytest.raises(ValueError, match="min_share"):
         span_qrels(units, passages, qrels, min_share=0)
+
+
+def test_passage_spans_hold_when_texts_carry_outer_whitespace():
+    # doc_text strips both ends: a text ending in a newline, or a passage with no title, must not shift the spans
+    corpus = {"p": {"title": "A", "text": "one."}, "r": {"title": "B", "text": "two.\n"}, "s": {"title": "", "text": "three."}}
+    docs, _, where = build_long_documents(corpus, {}, [("d", "Doc", ["p", "r"]), ("e", "", ["s"])])
+    spans = passage_spans(docs, corpus, where)
+    assert [doc_text(docs[d])[a:b] for d, a, b in spans.values()] == ["A. one.", "B. two.", "three."]
+    with pytest.raises(KeyError, match="'x'"):
+        passage_spans(docs, corpus, {"x": ("d", 0)})
+    with pytest.raises(KeyError, match="'zz'"):
+        passage_spans(docs, corpus, {"p": ("zz", 0)})
+
+
+def test_span_qrels_skips_an_empty_passage():
+    units = {"a#0": ("a", 0, 100), "a#1": ("a", 80, 200)}
+    assert span_qrels(units, {"p1": ("a", 150, 150)}, {"q": {"p1": 1}}) == {"q": {}}
+
+
+def test_course_long_documents_reject_a_bad_size_and_name_a_bad_source_line(tmp_path, course_articles):
+    from bgekit.data import course_data_dir
+
+    data, _ = course_articles
+    with pytest.raises(ValueError, match="per_article"):
+        course_long_documents(data.corpus, {}, course_data_dir(), per_article=0)
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "passages_x.jsonl").write_text('{"topic": "t", "title": "x", "text": "y"}\n{"topic": "t"}\n')
+    with pytest.raises(ValueError, match=r"passages_x.jsonl, line 2"):
+        course_long_documents(data.corpus, {}, tmp_path)

@@ -395,6 +395,17 @@ def test_llm_judge_rejects_a_bad_pair_by_index():
         LLMJudge(NeverCalled(), undecided_score=2)
 
 
+def test_llm_judge_scores_a_none_reply_as_undecided():
+    from bgekit.rag import LLMJudge
+
+    class Silent:   # a third-party chat object that returns None (a test double: the point is the missing text)
+        def chat(self, *a, **k):
+            return None
+
+    judge = LLMJudge(Silent(), undecided_score=0.25)
+    assert judge.compute_score([("claim", "passage")]) == [0.25] and judge.undecided == 1 and judge.replies == [""]
+
+
 @needs_server
 @pytest.mark.llm
 def test_llm_judge_scores_every_pair_with_the_real_server(local):
