@@ -111,8 +111,12 @@ def chunk_corpus_spans(corpus: Mapping[str, Mapping[str, str] | str], tokenizer:
     """
     from .data import doc_text
 
-    return {f"{doc_id}#{i}": (doc_id, a, b) for doc_id, doc in corpus.items()
-            for i, (a, b) in enumerate(chunk_spans(doc_text(doc), tokenizer, max_tokens, overlap))}
+    out: dict[str, Span] = {}
+    for doc_id, doc in corpus.items():
+        text = doc_text(doc, f"corpus[{doc_id!r}]")
+        for i, (a, b) in enumerate(chunk_spans(text, tokenizer, max_tokens, overlap)):
+            out[f"{doc_id}#{i}"] = (doc_id, a, b)
+    return out
 
 
 def chunk_corpus(corpus: Mapping[str, Mapping[str, str] | str], tokenizer: Any, max_tokens: int,

@@ -229,3 +229,8 @@ def test_course_long_documents_reject_a_bad_size_and_name_a_bad_source_line(tmp_
     (tmp_path / "source" / "passages_x.jsonl").write_text('{"topic": "t", "title": "x", "text": "y"}\n{"topic": "t"}\n')
     with pytest.raises(ValueError, match=r"passages_x.jsonl, line 2"):
         course_long_documents(data.corpus, {}, tmp_path)
+
+
+def test_chunk_corpus_names_a_document_without_text(tok):
+    with pytest.raises(TypeError, match=r"corpus\['a'\] has no string 'text'"):
+        chunk_corpus({"ok": "fine", "a": {"title": "x", "text": None}}, tok, max_tokens=8)
