@@ -139,8 +139,11 @@ def chunk_corpus(corpus: Mapping[str, Mapping[str, str] | str], tokenizer: Any, 
 
     chunks: dict[str, dict[str, str]] = {}
     parent: dict[str, str] = {}
+    text: dict[str, str] = {}
     for cid, (doc_id, a, b) in chunk_corpus_spans(corpus, tokenizer, max_tokens, overlap).items():
-        chunks[cid] = {"title": "", "text": doc_text(corpus[doc_id])[a:b]}
+        if doc_id not in text:
+            text[doc_id] = doc_text(corpus[doc_id])   # once per document, not once per chunk
+        chunks[cid] = {"title": "", "text": text[doc_id][a:b]}
         parent[cid] = doc_id
     return chunks, parent
 
@@ -254,9 +257,10 @@ def course_long_documents(corpus: Mapping[str, Mapping[str, str]], qrels: Mappin
         KeyError: a corpus passage that no source file holds (its id named).
     """
     import collections
-    import json
 
     import numpy as np
+
+    from ._io import read_jsonl
 
     if not isinstance(per_article, int) or per_article < 1:
         raise ValueError(f"per_article must be an integer >= 1, got {per_article!r}")
@@ -265,14 +269,10 @@ def course_long_documents(corpus: Mapping[str, Mapping[str, str]], qrels: Mappin
         raise FileNotFoundError(f"no passages_*.jsonl in {Path(data_dir) / 'source'}: the course's source files")
     topic_of: dict[tuple[str, str], str] = {}
     for path in files:
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                        topic_of[rec.get("title", ""), rec["text"]] = rec["topic"]
-                    except (ValueError, KeyError, TypeError) as e:
-                        raise ValueError(f"{path}, line {i}: not a {{'topic', 'title', 'text'}} record ({e})") from e
+        for i, rec in read_jsonl(path):      # the package's JSONL reader: bad JSON is named by file and line
+            if not (isinstance(rec.get("text"), str) and isinstance(rec.get("topic"), str)):
+                raise ValueError(f"{path}, line {i}: not a {{'topic', 'title', 'text'}} record")
+            topic_of[rec.get("title", ""), rec["text"]] = rec["topic"]
     by_topic: dict[str, list[str]] = collections.defaultdict(list)
     for pid, doc in corpus.items():
         key = (doc.get("title", ""), doc["text"])
