@@ -302,3 +302,37 @@ def test_a_loss_per_step_is_logged_but_not_printed(tmp_path, beir_dir, capfd, di
     assert res.n_steps > 1 and len(res.losses) == res.n_steps
     out, err = capfd.readouterr()
     assert "'loss'" not in out + err
+
+
+def test_sub_batches_give_the_whole_batch_loss_and_gradients(minilm_path):
+    """The reranker's pairs in length-sorted sub-batches of 3 against one forward of all 8 x 4 pairs (dropout off)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bgekit._batching import length_sorted_chunks
+    from bgekit.training.data import GroupDataset, RerankerCollator, TrainExample
+    from bgekit.training.reranker import RerankerTrainer
+
+    examples = [TrainExample(QUERIES[q], [DOCS[d][1] for d in judged], [DOCS[d][1] for d in DOCS if d not in judged])
+                for q, judged in QRELS.items()]
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=1, hidden_dropout_prob=0.0,
+                                                               attention_probs_dropout_prob=0.0)
+    ds = GroupDataset(examples, [x for _, x in DOCS.values()], 4, seed=0)
+    batch = RerankerCollator(tok, 64)([ds[i] for i in range(len(ds))])
+    spec = models.ModelSpec(name="rr", kind="reranker", pooling="cls", query_instruction_for_retrieval="", dim=None,
+                            max_length=64, normalize=False)
+    values, grads = [], []
+    for sub in (-1, 3):
+        args = RerankerTrainArgs(output_dir="unused", sub_batch_size=sub, **FAST)
+        tr = RerankerTrainer(model=model, args=args, train_dataset=ds, spec=spec)
+        assert len(length_sorted_chunks(batch, *args.sub_batch_limits())) == (1 if sub == -1 else 11)
+        model.train().zero_grad()
+        loss = tr.compute_loss(model, batch)
+        loss.backward()
+        values.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert values[1] == pytest.approx(values[0], abs=1e-5)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, atol=1e-5, rtol=1e-4), name

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from bgekit._batching import length_sorted_chunks
 from bgekit.training.data import TrainExample, load_train_examples, sample_group
 from bgekit.training.embedder import (
     EmbedderTrainer,
@@ -194,6 +195,45 @@ def test_cached_loss_and_gradients_equal_plain(tmp_path, tiny_nodrop, cross):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for name, g in grads[0].items():
         assert torch.allclose(grads[1][name], g, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("sub_batch_size", [2, None])
+def test_sub_batches_give_the_whole_batch_loss_and_gradients(tmp_path, tiny_nodrop, sub_batch_size):
+    """Length-sorted sub-batches (2 texts, or the CPU default of 4096 tokens) against one forward of the batch."""
+    data = make_train_data(tmp_path / "t.jsonl", n=6, n_neg=3)
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    for i, r in enumerate(rows):          # lengths that differ a lot, so that sorting and cutting matter
+        r["neg"][0] = " ".join([r["neg"][0]] * (1 + 6 * i))
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = dict(output_dir=str(tmp_path / "o"), model_name_or_path=str(tiny_nodrop), train_data=str(data),
+                  train_group_size=3, per_device_train_batch_size=6, temperature=0.05, passage_max_len=256, **QUIET)
+    grads, values, limits = [], [], []
+    for sub in (-1, sub_batch_size):
+        tr = build_embedder_trainer(TrainArgs(sub_batch_size=sub, **common))
+        limits.append(tr.sub_batch)
+        model = tr.model.train()
+        model.zero_grad()
+        batch = _batch(tr)
+        chunks = length_sorted_chunks(batch["passage"], *tr.sub_batch)
+        assert len(chunks) == 1 if sub == -1 else len(chunks) > 1
+        loss = tr.compute_loss(model, batch)
+        loss.backward()
+        values.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert limits == [(0, 0), (2, 0) if sub_batch_size else (0, 4096)]
+    assert values[1] == pytest.approx(values[0], abs=1e-5)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, atol=1e-5, rtol=1e-4), name
+
+
+def test_default_sub_batches_follow_the_device(tmp_path):
+    from bgekit._batching import CPU_SUB_BATCH_TOKENS
+
+    args = TrainArgs(output_dir=str(tmp_path), train_data="t", **QUIET)
+    assert args.sub_batch_limits() == (0, CPU_SUB_BATCH_TOKENS)
+    assert TrainArgs(output_dir=str(tmp_path), train_data="t", sub_batch_size=-1, **QUIET).sub_batch_limits() == (0, 0)
+    assert TrainArgs(output_dir=str(tmp_path), train_data="t", sub_batch_size=8, **QUIET).sub_batch_limits() == (8, 0)
 
 
 MEMCAP_HELPER = textwrap.dedent("""
@@ -446,7 +486,7 @@ def test_cli_parses_flagembedding_arguments():
     help_text = build_parser().format_help()
     for name in ("--normalize_embeddings", "--normlized", "--sentence_pooling_method",
                  "--query_instruction_for_retrieval", "--train_group_size", "--temperature", "--negatives_cross_device",
-                 "--query_max_len", "--passage_max_len", "--use_inbatch_neg", "--cached_mini_batch_size",
+                 "--query_max_len", "--passage_max_len", "--use_inbatch_neg", "--cached_mini_batch_size", "--sub_batch_size",
                  "--deepspeed", "--report_to", "--lr_scheduler_type", "--gradient_checkpointing", "--fp16",
                  "--dataloader_num_workers", "--resume_from_checkpoint"):
         assert name in help_text, name
@@ -455,6 +495,9 @@ def test_cli_parses_flagembedding_arguments():
 def test_invalid_arguments_are_named():
     with pytest.raises(ValueError, match="train_group_size must be >= 1"):
         TrainArgs(output_dir="o", train_data="t", train_group_size=0)
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=f"sub_batch_size must be >= 1, or -1 for the whole batch, got {bad}"):
+            TrainArgs(output_dir="o", train_data="t", sub_batch_size=bad)
     with pytest.raises(ValueError, match="choose one of fp16 and bf16"):
         TrainArgs(output_dir="o", train_data="t", fp16=True, bf16=True)
     with pytest.raises(ValueError, match="sentence_pooling_method"):

@@ -42,10 +42,24 @@ class _GroupTrainingArguments(TrainingArguments):
     train_group_size: int = field(default=8, metadata={"help": "passages per query: 1 positive + N-1 negatives"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep bgekit's batch columns"})
     warmup_ratio: float | None = field(default=None, metadata={"help": _RATIO_HELP})
+    sub_batch_size: int | None = field(default=None, metadata={
+        "help": "run the model on sub-batches of this many texts (FlagEmbedding's option); bgekit sorts them by "
+                "length and pads each only to its own longest, so the loss and gradients are the same with less "
+                "padding. -1: the whole batch in one forward. Default: sub-batches of about 4096 tokens on a CPU "
+                "(the fastest there, bench/train.py), the whole batch on a GPU. Not used with cached_mini_batch_size, "
+                "whose chunks are sorted the same way"})
 
     def _problems(self) -> list[str]:
         """The subclass's checks of its own fields."""
         return []
+
+    def sub_batch_limits(self) -> tuple[int, int]:
+        """``(rows, tokens)`` per sub-batch (0: no limit) for :func:`bgekit._batching.forward_sorted`."""
+        from .._batching import CPU_SUB_BATCH_TOKENS
+
+        if self.sub_batch_size is not None:
+            return (max(0, int(self.sub_batch_size)), 0)
+        return (0, CPU_SUB_BATCH_TOKENS if self.device.type == "cpu" else 0)
 
     def _too_small(self, minimums: dict[str, int]) -> list[str]:
         """A problem for each named field that is set and below its minimum."""
@@ -57,6 +71,8 @@ class _GroupTrainingArguments(TrainingArguments):
         import torch
 
         problems = self._problems()
+        if self.sub_batch_size is not None and (self.sub_batch_size == 0 or self.sub_batch_size < -1):
+            problems.append(f"sub_batch_size must be >= 1, or -1 for the whole batch, got {self.sub_batch_size}")
         if self.fp16 and self.bf16:
             problems.append("choose one of fp16 and bf16")
         r = self.warmup_ratio

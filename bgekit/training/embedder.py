@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import models
-from .._batching import model_inputs
+from .._batching import forward_sorted, model_inputs
 from ..embedder import pool
 from .arguments import EmbedderTrainingArguments
 from .data import EmbedderCollator, EpochCallback, GroupDataset, load_corpus_texts, load_train_examples
@@ -67,9 +67,15 @@ class EmbedderTrainer(FolderTrainer):
     def __init__(self, *args: Any, spec: models.ModelSpec, **kwargs: Any) -> None:
         super().__init__(*args, spec=spec, **kwargs)
         self.temperature = float(self.args.temperature) if self.args.normalize_embeddings else 1.0
+        self.sub_batch = self.args.sub_batch_limits()
 
-    def embed(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(n, d)`` float32 embeddings of a tokenised batch: pooled, L2-normalised when configured."""
+    def embed(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], sub_batches: bool = True) -> torch.Tensor:
+        """``(n, d)`` float32 embeddings of a tokenised batch: pooled, L2-normalised when configured.
+
+        With ``sub_batches`` the model runs on length-sorted sub-batches (``sub_batch_size``); rows stay in order.
+        """
+        if sub_batches:
+            return forward_sorted(lambda b: self.embed(model, b, sub_batches=False), batch, *self.sub_batch)
         out = model(**model_inputs(batch), return_dict=True)
         emb = pool(out.last_hidden_state, batch["attention_mask"], self.spec.pooling).float()
         return F.normalize(emb, p=2, dim=-1) if self.args.normalize_embeddings else emb
@@ -83,7 +89,7 @@ class EmbedderTrainer(FolderTrainer):
             return contrastive_loss(q, p, self.temperature, a.negatives_cross_device, *ids, in_batch=a.use_inbatch_neg)
 
         if a.cached_mini_batch_size:
-            cache = CachedEmbeddings(lambda b: self.embed(model, b), a.cached_mini_batch_size,
+            cache = CachedEmbeddings(lambda b: self.embed(model, b, sub_batches=False), a.cached_mini_batch_size,
                                      getattr(model, "no_sync", None))
             loss = cache.loss([inputs["query"], inputs["passage"]], loss_fn)
             return (loss, {}) if return_outputs else loss

@@ -170,15 +170,18 @@ class CachedEmbeddings:
     """GradCache: embed a big batch in chunks without graphs, then backpropagate chunk by chunk.
 
     1. ``embed(chunk)`` runs under ``no_grad`` for every chunk of ``mini_batch_size`` texts (memory:
-       one chunk's activations), the RNG state before each chunk is kept;
-    2. the loss is computed on the concatenated embeddings (leaves), and its gradient with respect
-       to them is cached (``loss.backward()`` on that small graph);
+       one chunk's activations), the RNG state before each chunk is kept. The chunks hold texts of
+       similar length (:func:`bgekit._batching.length_sorted_chunks`), each padded only to its longest;
+    2. the loss is computed on the embeddings (leaves, put back in batch order), and its gradient with
+       respect to them is cached (``loss.backward()`` on that small graph);
     3. the returned loss is a leaf with a hook: when the caller (the ``Trainer``) backpropagates it,
        each chunk is embedded again *with* a graph (same dropout: RNG replayed) and
        ``(emb * cached_grad * upstream).sum()`` is backpropagated into the model, one chunk at a time.
 
     The loss value and the model's gradients equal the uncached ones (up to float round-off).
     Under DDP every chunk but the last backpropagates in ``no_sync``, so gradients are reduced once.
+    Source: Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"
+    (GradCache); sentence-transformers' ``CachedMultipleNegativesRankingLoss`` does the same without sorting.
     """
 
     def __init__(self, embed: Callable[[dict], torch.Tensor], mini_batch_size: int, no_sync: Callable | None = None):
@@ -188,35 +191,35 @@ class CachedEmbeddings:
         self.m = int(mini_batch_size)
         self.no_sync = no_sync
 
-    def chunks(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        n = next(iter(batch.values())).shape[0]
-        return [{k: v[s:s + self.m] for k, v in batch.items()} for s in range(0, n, self.m)]
-
     def loss(self, batches: Sequence[dict[str, torch.Tensor]],
              loss_fn: Callable[..., torch.Tensor]) -> torch.Tensor:
         """``loss_fn(*embeddings)`` for the embeddings of ``batches`` (e.g. queries, passages), cached."""
-        parts: list[list[tuple[dict, tuple]]] = [[(c, None) for c in self.chunks(b)] for b in batches]
-        embs = []
+        from .._batching import length_sorted_chunks
+
+        todo: list[tuple[dict, tuple]] = []     # (chunk, RNG state before its forward), in the leaves' row order
+        leaves, orders = [], []
         with torch.no_grad():
-            for chunks in parts:
+            for batch in batches:
+                chunks = length_sorted_chunks(batch, rows=self.m)
                 reps = []
-                for k, (c, _) in enumerate(chunks):   # the RNG state right before each chunk's forward
-                    chunks[k] = (c, _rng_state(next(iter(c.values())).device))
+                for _, c in chunks:
+                    todo.append((c, _rng_state(next(iter(c.values())).device)))
                     reps.append(self.embed(c))
-                embs.append(torch.cat(reps).detach().requires_grad_())
+                leaves.append(torch.cat(reps).detach().requires_grad_())
+                orders.append(torch.argsort(torch.cat([i for i, _ in chunks])).to(leaves[-1].device))
         with torch.enable_grad():
-            loss = loss_fn(*embs)
+            loss = loss_fn(*[leaf[o] for leaf, o in zip(leaves, orders)])   # rows back in batch order
             loss.backward()
-        grads = [e.grad for e in embs]
+        grads = torch.cat([leaf.grad for leaf in leaves])
         out = loss.detach().clone().requires_grad_()
-        out.register_hook(lambda upstream: self._backward(parts, grads, upstream))
+        out.register_hook(lambda upstream: self._backward(todo, grads, upstream))
         return out
 
-    def _backward(self, parts: list[list[tuple[dict, tuple]]], grads: list[torch.Tensor],
-                  upstream: torch.Tensor) -> None:
-        todo = [(c, st, g[s:s + self.m]) for chunks, g in zip(parts, grads)
-                for (c, st), s in zip(chunks, range(0, g.shape[0], self.m))]
-        for k, (chunk, state, grad) in enumerate(todo):
+    def _backward(self, todo: list[tuple[dict, tuple]], grads: torch.Tensor, upstream: torch.Tensor) -> None:
+        start = 0
+        for k, (chunk, state) in enumerate(todo):
+            n = next(iter(chunk.values())).shape[0]
+            grad, start = grads[start:start + n], start + n
             last = k == len(todo) - 1
             with self.no_sync() if (self.no_sync is not None and not last) else contextlib.nullcontext():
                 with _replayed(state), torch.enable_grad():   # hooks run with grad mode off

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .. import models
-from .._batching import model_inputs
+from .._batching import forward_sorted, model_inputs
 from .._io import atomic_dir, atomic_write_json
 from .arguments import RerankerTrainingArguments
 from .data import (
@@ -96,7 +96,11 @@ class RerankerTrainer(FolderTrainer):
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         g = int(self.args.train_group_size)
-        logits = model(**model_inputs(inputs), return_dict=True).logits[:, 0].float().view(-1, g)
+
+        def score(pairs: dict[str, torch.Tensor]) -> torch.Tensor:
+            return model(**model_inputs(pairs), return_dict=True).logits[:, 0].float()
+
+        logits = forward_sorted(score, inputs, *self.args.sub_batch_limits()).view(-1, g)
         loss = group_loss(logits)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {self.state.global_step}: "
