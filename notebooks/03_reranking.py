@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | intermediate | runs in 3.5 min (205 s) in small mode (measured on 2 CPU cores, python notebooks/build.py --execute); about 10 min on a Colab T4 in full mode (estimated) | 01, 02 |
+# | intermediate | runs in 1-3.5 min in small mode (measured with python notebooks/build.py --execute: 68 s on 2 AVX-512 CPU cores; 205 s on 2 older AVX2 cores, before training used length-sorted sub-batches); about 10 min on a Colab T4 in full mode (estimated) | 01, 02 |
 #
 # **What you will learn**
 # - why a bi-encoder (an embedding model) misses things, and how a **cross-encoder** reads query and passage *together*;

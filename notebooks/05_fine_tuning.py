@@ -18,7 +18,7 @@
 #
 # | level | time | prerequisites |
 # |---|---|---|
-# | advanced | runs in 1.5-3 min in small mode (measured with python notebooks/build.py --execute: 89 s on 2 AVX-512 CPU cores, 168 s on 2 older AVX2 cores); about 25 min on a Colab T4 in full mode (estimated) | 02, 04 |
+# | advanced | runs in 1.5-3 min in small mode (measured with python notebooks/build.py --execute: 79 s on 2 AVX-512 CPU cores, 168 s on 2 older AVX2 cores); about 25 min on a Colab T4 in full mode (estimated) | 02, 04 |
 #
 # An off-the-shelf embedder knows a lot about language in general and nothing in particular about
 # *your* questions and *your* documents. Fine-tuning adapts it: we show it training queries with a
@@ -124,6 +124,13 @@ print("base model:", NAME, "| work dir:", WORK)
 # GPU, use the *cached* loss (`--cached_mini_batch_size 16`, GradCache): it embeds the batch of 64 in
 # chunks of 16, computes the exact loss over all of it, then backpropagates chunk by chunk, so memory
 # follows the chunk while the negatives follow the batch. Loss and gradients are those of the full batch.
+#
+# A third knob is easy to confuse with these two. `--sub_batch_size` (FlagEmbedding's name) runs the model on
+# a few texts at a time but keeps every sub-batch's graph until the one backward pass, so it saves **no
+# memory** and changes no negatives. bgekit uses it for **speed**: it sorts the batch's texts by length,
+# so each sub-batch is padded only to its own longest text and the model computes fewer padding tokens.
+# On a CPU it is on by default (about 4,096 tokens a sub-batch), and `bench/train.py` measures the gain
+# against sentence-transformers.
 #
 # The **temperature** $\tau$ sets how sharp the softmax is. Cosines live in $[-1, 1]$; divided by
 # $\tau = 0.02$ a gap of 0.1 between the positive and a negative becomes a factor of $e^{5} \approx 148$ in
@@ -540,7 +547,7 @@ else:
 # run. The in-domain score rises with $w$. The two general tasks need not move together, and in the run
 # recorded in `notebooks/executed/` they did not:
 #
-# - **look-alike retrieval** did not fall (it moved by about a hundredth, within noise): it is the same kind of
+# - **look-alike retrieval** did not fall (it rose by one or two hundredths, which may be noise): it is the same kind of
 #   task as our training ("question → the one passage that answers it, among look-alikes"), so what the model
 #   learned on plants carried over to steaks and passports;
 # - **topic grouping** fell: the fine-tuned model puts same-topic passages less close together, in topics it
@@ -551,7 +558,7 @@ else:
 #
 # Merging is the cure. In the right-hand panel the $w = 0.5$ point lies off the straight line (in the plot) between
 # the two ends: it keeps more of both scores than a straight trade would. In this run $w = 0.5$ kept about 60% of the
-# in-domain gain and gave back about 80% of the topic-grouping loss (the last printed line). The LM-Cocktail paper (Xiao et al., arXiv
+# in-domain gain and gave back about three quarters of the topic-grouping loss (the last printed line). The LM-Cocktail paper (Xiao et al., arXiv
 # 2311.13534) reports the same for BGE-style embedders on general benchmarks; here it is measured on one
 # small-mode run (one seed, 200 passages: a difference of a hundredth is within noise, no interval is
 # computed). Pick $w$ on validation data of *both* kinds, never on the test set you report, and include among
