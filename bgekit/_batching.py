@@ -34,15 +34,20 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
-#: padded tokens per training sub-batch on a CPU when ``sub_batch_size`` is not set: bench/train.py on 2 cores
-#: (all-MiniLM-L6-v2, 128 passages of up to 256 tokens) ran 2k-4k-token sub-batches fastest, 8k slower, and the whole
-#: batch in one forward 1.5x slower (the attention of a long padded batch leaves the CPU's caches)
+#: padded tokens per training sub-batch on a CPU when ``sub_batch_size`` is not set. Measured on 2 cores with a
+#: scratch script (forward + backward of all-MiniLM-L6-v2 on 128 course passages, 16 queries x 8, cut at 256 tokens):
+#: 2k-4k-token sub-batches ran fastest, 8k slower, the whole batch in one forward 1.5x slower (a long padded batch's
+#: attention leaves the CPU's caches); ``python bench/train.py`` then measured it against sentence-transformers
+#: (README, Performance)
 CPU_SUB_BATCH_TOKENS = 4096
 
 
 def length_sorted_chunks(batch: dict[str, torch.Tensor], rows: int = 0,
                          tokens: int = 0) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """Split a padded batch into sub-batches of rows sorted by length, longest first, each cut to its longest row.
+
+    A row's length here is its last token's column + 1: its number of tokens with right padding (the usual
+    side for encoders), the full width with left padding (nothing can be cut then, and nothing is saved).
 
     Args:
         batch: tokenizer output, every tensor ``(n, L)`` with an ``attention_mask`` (1 = token, 0 = padding).
@@ -57,7 +62,7 @@ def length_sorted_chunks(batch: dict[str, torch.Tensor], rows: int = 0,
         ``range(n)``; rows of equal length keep their order.
 
     Raises:
-        ValueError: ``batch`` has no 2-D ``attention_mask`` or a tensor of another shape.
+        ValueError: ``batch`` has no 2-D ``attention_mask``, or a value that is not an ``(n, L)`` tensor.
 
     >>> b = {"input_ids": torch.tensor([[5, 0, 0], [5, 6, 7], [5, 6, 0]]),
     ...      "attention_mask": torch.tensor([[1, 0, 0], [1, 1, 1], [1, 1, 0]])}
@@ -68,10 +73,10 @@ def length_sorted_chunks(batch: dict[str, torch.Tensor], rows: int = 0,
     if mask is None or mask.ndim != 2:
         raise ValueError(f"expected an (n, L) attention_mask in the batch, got keys {sorted(batch)}")
     n, width = mask.shape
-    bad = [k for k, v in batch.items() if tuple(v.shape[:2]) != (n, width) or v.ndim != 2]
+    bad = [k for k, v in batch.items() if not isinstance(v, torch.Tensor) or tuple(v.shape) != (n, width)]
     if bad:
         raise ValueError(f"every tensor of the batch must be ({n}, {width}) like attention_mask; not: {bad}")
-    lens = mask.sum(1)
+    lens = ((mask != 0) * torch.arange(1, width + 1, device=mask.device)).amax(1) if n else mask.sum(1)
     order = torch.argsort(lens, descending=True, stable=True)
     chunks, start = [], 0
     while start < n:
@@ -81,8 +86,7 @@ def length_sorted_chunks(batch: dict[str, torch.Tensor], rows: int = 0,
         if tokens > 0:   # the first row is the sub-batch's longest
             size = min(size, max(1, tokens // max(1, int(lens[order[start]]))))
         idx = order[start:start + size]
-        used = torch.nonzero(mask[idx].any(0))
-        cols = int(used.max()) + 1 if used.numel() else width
+        cols = max(1, int(lens[idx[0]]))
         chunks.append((idx, {k: v[idx, :cols] for k, v in batch.items()}))
         start += size
     return chunks
@@ -93,7 +97,8 @@ def forward_sorted(forward: Callable[[dict[str, torch.Tensor]], torch.Tensor], b
     """``forward`` of each :func:`length_sorted_chunks` sub-batch, concatenated back in the rows' batch order.
 
     The result keeps its autograd graph (one backward reaches every sub-batch) and equals ``forward(batch)``
-    up to float round-off, for a model whose output for a row ignores its padding (BERT-style encoders).
+    up to float round-off, for a model whose output for a row ignores its padding (BERT-style encoders), dropout
+    aside: in training each sub-batch draws its own dropout masks (the same distribution, other draws).
 
     >>> b = {"input_ids": torch.tensor([[5, 0], [5, 6], [7, 0]]),
     ...      "attention_mask": torch.tensor([[1, 0], [1, 1], [1, 0]])}
@@ -101,6 +106,8 @@ def forward_sorted(forward: Callable[[dict[str, torch.Tensor]], torch.Tensor], b
     [5, 11, 7]
     """
     chunks = length_sorted_chunks(batch, rows, tokens)
+    if not chunks:   # an empty batch
+        return forward(batch)
     if len(chunks) == 1:
         idx, sub = chunks[0]
         out = forward(sub)

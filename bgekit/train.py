@@ -25,13 +25,10 @@ from .training.arguments import EmbedderTrainingArguments
 
 def build_parser() -> HfArgumentParser:
     """The ``HfArgumentParser`` of :class:`~bgekit.training.arguments.EmbedderTrainingArguments`."""
-    parser = HfArgumentParser(EmbedderTrainingArguments, prog="python -m bgekit.train",
-                              description="Fine-tune an embedding model contrastively (InfoNCE with in-batch and "
-                                          "cross-device negatives) on FlagEmbedding JSONL ({query, pos, neg}); saves "
-                                          "a plain Hugging Face folder. All transformers TrainingArguments apply.",
-                              epilog="Under torchrun every process runs the same command: "
-                                     "torchrun --nproc_per_node 2 -m bgekit.train ...")
-    return parser
+    return HfArgumentParser(EmbedderTrainingArguments, prog="python -m bgekit.train", description=(
+        "Fine-tune an embedding model contrastively (InfoNCE with in-batch and cross-device negatives) on "
+        "FlagEmbedding JSONL ({query, pos, neg}); saves a plain Hugging Face folder. All TrainingArguments apply."),
+        epilog="Under torchrun every process runs the same command: torchrun --nproc_per_node 2 -m bgekit.train ...")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> EmbedderTrainingArguments:

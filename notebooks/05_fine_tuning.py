@@ -126,11 +126,11 @@ print("base model:", NAME, "| work dir:", WORK)
 # follows the chunk while the negatives follow the batch. Loss and gradients are those of the full batch.
 #
 # A third knob is easy to confuse with these two. `--sub_batch_size` (FlagEmbedding's name) runs the model on
-# a few texts at a time but keeps every sub-batch's graph until the one backward pass, so it saves **no
-# memory** and changes no negatives. bgekit uses it for **speed**: it sorts the batch's texts by length,
-# so each sub-batch is padded only to its own longest text and the model computes fewer padding tokens.
-# On a CPU it is on by default (about 4,096 tokens a sub-batch), and `bench/train.py` measures the gain
-# against sentence-transformers.
+# a few texts at a time but keeps every sub-batch's graph until the one backward pass, so memory still grows
+# with the whole batch (it is not bounded by the sub-batch, as with the cached loss), and it changes no
+# negatives. bgekit uses it for **speed**: it sorts the batch's texts by length, so each sub-batch is padded
+# only to its own longest text and the model computes, and stores, fewer padding tokens. On a CPU it is on by
+# default (about 4,096 tokens a sub-batch), and `bench/train.py` measures the gain against sentence-transformers.
 #
 # The **temperature** $\tau$ sets how sharp the softmax is. Cosines live in $[-1, 1]$; divided by
 # $\tau = 0.02$ a gap of 0.1 between the positive and a negative becomes a factor of $e^{5} \approx 148$ in

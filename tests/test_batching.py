@@ -74,3 +74,23 @@ def test_a_real_model_gives_the_whole_batch_outputs_and_gradients(minilm_path, r
     assert g_parts.keys() == g_whole.keys() and len(g_whole) > 50
     for name, g in g_whole.items():
         assert torch.allclose(g_parts[name], g, atol=1e-5, rtol=1e-4), name
+
+
+def test_left_padding_keeps_the_token_budget():
+    """With left padding nothing can be cut (a row's length is its last token's column + 1 = the width), so a
+    token budget must count every row at the full width: 4096 tokens of width 256 is 16 rows, never more."""
+    lengths = [256] + [10] * 500
+    m = torch.zeros(len(lengths), 256, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        m[i, 256 - n:] = 1
+    chunks = length_sorted_chunks({"input_ids": m * 7, "attention_mask": m}, tokens=4096)
+    assert all(tuple(c["attention_mask"].shape) == (len(i), 256) for i, c in chunks)
+    assert max(len(i) for i, _ in chunks) == 16 and sum(len(i) for i, _ in chunks) == 501
+
+
+def test_an_empty_batch_and_non_tensors():
+    empty = {"input_ids": torch.zeros(0, 4, dtype=torch.long), "attention_mask": torch.zeros(0, 4, dtype=torch.long)}
+    assert length_sorted_chunks(empty, rows=2) == []
+    assert forward_sorted(lambda b: b["input_ids"].sum(1), empty, rows=2).shape == (0,)
+    with pytest.raises(ValueError, match=r"not: \['labels'\]"):
+        length_sorted_chunks({"attention_mask": torch.ones(2, 3), "labels": [0, 1]})

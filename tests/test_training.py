@@ -227,6 +227,17 @@ def test_sub_batches_give_the_whole_batch_loss_and_gradients(tmp_path, tiny_nodr
         assert torch.allclose(grads[1][name], g, atol=1e-5, rtol=1e-4), name
 
 
+def test_gradient_checkpointing_is_non_reentrant_unless_asked():
+    """Several forwards before one backward (sub-batches; queries and passages) need non-reentrant checkpointing
+    under DDP: the reentrant kind, transformers 4.x's default, raises 'Expected to mark a variable ready only once'."""
+    assert TrainArgs(output_dir="o", train_data="t", gradient_checkpointing=True,
+                     **QUIET).gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert TrainArgs(output_dir="o", train_data="t", gradient_checkpointing=True, **QUIET,
+                     gradient_checkpointing_kwargs={"use_reentrant": True}).gradient_checkpointing_kwargs == {
+        "use_reentrant": True}
+    assert TrainArgs(output_dir="o", train_data="t", **QUIET).gradient_checkpointing_kwargs is None
+
+
 def test_default_sub_batches_follow_the_device(tmp_path):
     from bgekit._batching import CPU_SUB_BATCH_TOKENS
 
@@ -495,8 +506,8 @@ def test_cli_parses_flagembedding_arguments():
 def test_invalid_arguments_are_named():
     with pytest.raises(ValueError, match="train_group_size must be >= 1"):
         TrainArgs(output_dir="o", train_data="t", train_group_size=0)
-    for bad in (0, -2):
-        with pytest.raises(ValueError, match=f"sub_batch_size must be >= 1, or -1 for the whole batch, got {bad}"):
+    for bad in (0, -2, 0.5, "8", True):
+        with pytest.raises(ValueError, match=f"sub_batch_size must be an int >= 1, or -1 for the whole batch, got {bad!r}"):
             TrainArgs(output_dir="o", train_data="t", sub_batch_size=bad)
     with pytest.raises(ValueError, match="choose one of fp16 and bf16"):
         TrainArgs(output_dir="o", train_data="t", fp16=True, bf16=True)

@@ -43,11 +43,10 @@ class _GroupTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep bgekit's batch columns"})
     warmup_ratio: float | None = field(default=None, metadata={"help": _RATIO_HELP})
     sub_batch_size: int | None = field(default=None, metadata={
-        "help": "run the model on sub-batches of this many texts (FlagEmbedding's option); bgekit sorts them by "
-                "length and pads each only to its own longest, so the loss and gradients are the same with less "
-                "padding. -1: the whole batch in one forward. Default: sub-batches of about 4096 tokens on a CPU "
-                "(the fastest there, bench/train.py), the whole batch on a GPU. Not used with cached_mini_batch_size, "
-                "whose chunks are sorted the same way"})
+        "help": "run the model on sub-batches of this many texts or pairs (FlagEmbedding's option), sorted by length, "
+                "each padded only to its own longest: the same loss and gradients (dropout aside), less padding. -1: "
+                "the whole batch at once. Default: about 4096 tokens a sub-batch on a CPU (fastest there, "
+                "bench/train.py), the whole batch on a GPU. Embedder: cached_mini_batch_size's chunks replace these"})
 
     def _problems(self) -> list[str]:
         """The subclass's checks of its own fields."""
@@ -71,8 +70,9 @@ class _GroupTrainingArguments(TrainingArguments):
         import torch
 
         problems = self._problems()
-        if self.sub_batch_size is not None and (self.sub_batch_size == 0 or self.sub_batch_size < -1):
-            problems.append(f"sub_batch_size must be >= 1, or -1 for the whole batch, got {self.sub_batch_size}")
+        s = self.sub_batch_size
+        if s is not None and (not isinstance(s, int) or isinstance(s, bool) or s == 0 or s < -1):
+            problems.append(f"sub_batch_size must be an int >= 1, or -1 for the whole batch, got {s!r}")
         if self.fp16 and self.bf16:
             problems.append("choose one of fp16 and bf16")
         r = self.warmup_ratio
@@ -91,6 +91,11 @@ class _GroupTrainingArguments(TrainingArguments):
         # refuses bf16 there unless use_cpu is set, and under torchrun accelerate needs it to use gloo
         if not self.use_cpu and not _has_accelerator():
             self.use_cpu = True
+        # the model runs several forwards (sub-batches, queries and passages) before one backward: DDP accepts that
+        # only with non-reentrant checkpointing (the reentrant kind marks a parameter ready twice); transformers 5's
+        # default, not 4.x's
+        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
+            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
 
 
@@ -98,11 +103,9 @@ def _has_accelerator() -> bool:
     """Whether torch sees a GPU (CUDA/ROCm), an Apple GPU (MPS) or another accelerator."""
     import torch
 
-    acc = getattr(torch, "accelerator", None)   # torch >= 2.6
-    if acc is not None:
-        return bool(acc.is_available())
-    mps = getattr(torch.backends, "mps", None)
-    return torch.cuda.is_available() or bool(mps is not None and mps.is_available())
+    if hasattr(torch, "accelerator"):   # torch >= 2.6
+        return bool(torch.accelerator.is_available())
+    return torch.cuda.is_available() or bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 @dataclass

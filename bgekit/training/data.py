@@ -56,9 +56,7 @@ def load_corpus_texts(corpus: str | os.PathLike) -> list[str]:
     """
     from ..data import doc_text
 
-    path = Path(corpus)
-    if path.is_dir():
-        path = path / "corpus.jsonl"
+    path = Path(corpus) / "corpus.jsonl" if Path(corpus).is_dir() else Path(corpus)
     if not path.is_file():
         raise FileNotFoundError(f"corpus not found: {path}")
     seen: dict[str, None] = {}
@@ -138,7 +136,8 @@ def sample_group(ex: TrainExample, rng: np.random.Generator, group_size: int, po
     """
     group = [ex.pos[int(rng.integers(len(ex.pos)))]]
     need = group_size - 1
-    hard = [n for n in ex.neg if n not in set(ex.pos)]
+    positives = set(ex.pos)
+    hard = [n for n in ex.neg if n not in positives]
     if len(hard) >= need:
         return group + [hard[i] for i in rng.choice(len(hard), need, replace=False)]
     negs = [hard[i] for i in rng.permutation(len(hard))]

@@ -67,7 +67,6 @@ class EmbedderTrainer(FolderTrainer):
     def __init__(self, *args: Any, spec: models.ModelSpec, **kwargs: Any) -> None:
         super().__init__(*args, spec=spec, **kwargs)
         self.temperature = float(self.args.temperature) if self.args.normalize_embeddings else 1.0
-        self.sub_batch = self.args.sub_batch_limits()
 
     def embed(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], sub_batches: bool = True) -> torch.Tensor:
         """``(n, d)`` float32 embeddings of a tokenised batch: pooled, L2-normalised when configured.

@@ -180,6 +180,8 @@ class CachedEmbeddings:
 
     The loss value and the model's gradients equal the uncached ones (up to float round-off).
     Under DDP every chunk but the last backpropagates in ``no_sync``, so gradients are reduced once.
+    Each batch is a tokenizer output (every tensor ``(n, L)``, with an ``attention_mask``), and ``embed``
+    returns ``(n, d)`` with the same ``d`` for all of them.
     Source: Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup"
     (GradCache); sentence-transformers' ``CachedMultipleNegativesRankingLoss`` does the same without sorting.
     """

@@ -82,8 +82,7 @@ class RerankerTrainResult:
     def __fspath__(self) -> str:
         return str(self.output_dir)
 
-    def __str__(self) -> str:
-        return str(self.output_dir)
+    __str__ = __fspath__
 
 
 class RerankerTrainer(FolderTrainer):
@@ -100,7 +99,7 @@ class RerankerTrainer(FolderTrainer):
         def score(pairs: dict[str, torch.Tensor]) -> torch.Tensor:
             return model(**model_inputs(pairs), return_dict=True).logits[:, 0].float()
 
-        logits = forward_sorted(score, inputs, *self.args.sub_batch_limits()).view(-1, g)
+        logits = forward_sorted(score, inputs, *self.sub_batch).view(-1, g)
         loss = group_loss(logits)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {self.state.global_step}: "

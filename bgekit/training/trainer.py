@@ -69,6 +69,7 @@ class FolderTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.spec = spec
         self.model_accepts_loss_kwargs = False
+        self.sub_batch = self.args.sub_batch_limits()   # (rows, tokens) per sub-batch, for forward_sorted
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
