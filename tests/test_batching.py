@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gradients import assert_same_gradients, param_grads
 from transformers import AutoModel, AutoTokenizer
 
 from bgekit._batching import forward_sorted, length_sorted_chunks
@@ -67,13 +68,11 @@ def test_a_real_model_gives_the_whole_batch_outputs_and_gradients(minilm_path, r
             return model(**b).last_hidden_state[:, 0]
         out = forward_sorted(fwd, batch, rows, tokens) if sub else fwd(batch)
         (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
-        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        results.append((out.detach(), param_grads(model)))
     (whole, g_whole), (parts, g_parts) = results
     assert len(length_sorted_chunks(batch, rows, tokens)) > 1
     assert torch.allclose(parts, whole, atol=1e-5)
-    assert g_parts.keys() == g_whole.keys() and len(g_whole) > 50
-    for name, g in g_whole.items():
-        assert torch.allclose(g_parts[name], g, atol=1e-5, rtol=1e-4), name
+    assert_same_gradients(g_whole, g_parts, min_params=50)
 
 
 def test_left_padding_keeps_the_token_budget():

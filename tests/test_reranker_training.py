@@ -306,6 +306,7 @@ def test_a_loss_per_step_is_logged_but_not_printed(tmp_path, beir_dir, capfd, di
 
 def test_sub_batches_give_the_whole_batch_loss_and_gradients(minilm_path):
     """The reranker's pairs in length-sorted sub-batches of 3 against one forward of all 8 x 4 pairs (dropout off)."""
+    from gradients import assert_same_gradients, param_grads
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from bgekit._batching import length_sorted_chunks
@@ -331,8 +332,6 @@ def test_sub_batches_give_the_whole_batch_loss_and_gradients(minilm_path):
         loss = tr.compute_loss(model, batch)
         loss.backward()
         values.append(loss.item())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        grads.append(param_grads(model))
     assert values[1] == pytest.approx(values[0], abs=1e-5)
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
-    for name, g in grads[0].items():
-        assert torch.allclose(grads[1][name], g, atol=1e-5, rtol=1e-4), name
+    assert_same_gradients(grads[0], grads[1], min_params=50)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gradients import assert_same_gradients, param_grads
 
 from bgekit._batching import length_sorted_chunks
 from bgekit.training.data import TrainExample, load_train_examples, sample_group
@@ -190,11 +191,9 @@ def test_cached_loss_and_gradients_equal_plain(tmp_path, tiny_nodrop, cross):
         loss = tr.compute_loss(model, batch)
         (loss / 2).backward()  # as the Trainer does with gradient accumulation: the upstream gradient scales
         values.append(loss.item())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        grads.append(param_grads(model))
     assert values[1] == pytest.approx(values[0], abs=1e-5)
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
-    for name, g in grads[0].items():
-        assert torch.allclose(grads[1][name], g, atol=1e-5, rtol=1e-4), name
+    assert_same_gradients(grads[0], grads[1], min_params=10)
 
 
 @pytest.mark.parametrize("sub_batch_size", [2, None])
@@ -219,12 +218,10 @@ def test_sub_batches_give_the_whole_batch_loss_and_gradients(tmp_path, tiny_nodr
         loss = tr.compute_loss(model, batch)
         loss.backward()
         values.append(loss.item())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        grads.append(param_grads(model))
     assert limits == [(0, 0), (2, 0) if sub_batch_size else (0, 4096)]
     assert values[1] == pytest.approx(values[0], abs=1e-5)
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
-    for name, g in grads[0].items():
-        assert torch.allclose(grads[1][name], g, atol=1e-5, rtol=1e-4), name
+    assert_same_gradients(grads[0], grads[1], min_params=10)
 
 
 def test_gradient_checkpointing_is_non_reentrant_unless_asked():

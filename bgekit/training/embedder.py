@@ -68,13 +68,15 @@ class EmbedderTrainer(FolderTrainer):
         super().__init__(*args, spec=spec, **kwargs)
         self.temperature = float(self.args.temperature) if self.args.normalize_embeddings else 1.0
 
-    def embed(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], sub_batches: bool = True) -> torch.Tensor:
+    def embed(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(n, d)`` float32 embeddings of a tokenised batch: pooled, L2-normalised when configured.
 
-        With ``sub_batches`` the model runs on length-sorted sub-batches (``sub_batch_size``); rows stay in order.
+        The model runs on length-sorted sub-batches (``sub_batch_size``); the rows come back in batch order.
         """
-        if sub_batches:
-            return forward_sorted(lambda b: self.embed(model, b, sub_batches=False), batch, *self.sub_batch)
+        return forward_sorted(lambda b: self.embed_once(model, b), batch, *self.sub_batch)
+
+    def embed_once(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`embed` in one forward of the whole batch (a cached-loss chunk, or one sub-batch)."""
         out = model(**model_inputs(batch), return_dict=True)
         emb = pool(out.last_hidden_state, batch["attention_mask"], self.spec.pooling).float()
         return F.normalize(emb, p=2, dim=-1) if self.args.normalize_embeddings else emb
@@ -88,7 +90,7 @@ class EmbedderTrainer(FolderTrainer):
             return contrastive_loss(q, p, self.temperature, a.negatives_cross_device, *ids, in_batch=a.use_inbatch_neg)
 
         if a.cached_mini_batch_size:
-            cache = CachedEmbeddings(lambda b: self.embed(model, b, sub_batches=False), a.cached_mini_batch_size,
+            cache = CachedEmbeddings(lambda b: self.embed_once(model, b), a.cached_mini_batch_size,
                                      getattr(model, "no_sync", None))
             loss = cache.loss([inputs["query"], inputs["passage"]], loss_fn)
             return (loss, {}) if return_outputs else loss
