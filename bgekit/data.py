@@ -38,6 +38,7 @@ __all__ = [
     "course_data_dir",
     "doc_text",
     "load_beir",
+    "load_passages",
     "load_training_jsonl",
     "save_beir",
     "validate_training_row",
@@ -395,6 +396,47 @@ def load_training_jsonl(path: str | os.PathLike) -> list[dict]:
         validate_training_row(obj, f"{path}:{lineno}")
         rows.append(obj)
     return rows
+
+
+def load_passages(source: str | os.PathLike | Iterable[str], what: str = "corpus") -> list[str]:
+    """Passages to draw negatives from (the miner's ``candidate_pool``, the trainer's ``--corpus``), in order.
+
+    Args:
+        source: a JSONL file of ``{"text"[, "title"]}`` lines (FlagEmbedding's candidate pool format; other
+            keys ignored), a BEIR folder (its ``corpus.jsonl``), or a list of strings.
+        what: the argument's name, for errors.
+
+    Returns:
+        the texts: ``text`` as it is, or :func:`doc_text` (title + text) when a line has a title.
+
+    Raises:
+        FileNotFoundError: no such file (or no ``corpus.jsonl`` in the folder).
+        ValueError: a blank or missing text (``path:line: ...`` or ``what[i] ...``); no passages at all.
+
+    >>> load_passages(["a", "b"])
+    ['a', 'b']
+    """
+    texts: list[str] = []
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source) / "corpus.jsonl" if Path(source).is_dir() else Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} not found: {path}")
+        for lineno, obj in read_jsonl(path):
+            t = obj.get("text")
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"{path}:{lineno}: " + ("missing key 'text'" if "text" not in obj
+                                                         else f"'text' must be a non-empty string, got {t!r:.60}"))
+            texts.append(doc_text(obj, f"{path}:{lineno}") if obj.get("title") else t)
+        where = str(path)
+    else:
+        for i, t in enumerate(source):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"{what}[{i}] must be a non-empty string, got {t!r:.60}")
+            texts.append(t)
+        where = what
+    if not texts:
+        raise ValueError(f"{where}: no passages (the {what} is empty)")
+    return texts
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:

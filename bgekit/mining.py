@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from ._io import atomic_write_jsonl, read_jsonl
-from .data import validate_training_row
+from .data import load_passages, validate_training_row
 
 logger = logging.getLogger(__name__)
 
@@ -120,34 +120,6 @@ def _load_rows(source: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
     if not rows:
         raise ValueError(f"{where}: no training rows")
     return rows
-
-
-def _load_pool(source: str | os.PathLike | Sequence[str]) -> list[str]:
-    """Candidate texts from a JSONL of ``{"text": ...}`` (errors ``path:line: ...``) or a list of strings."""
-    texts: list[str] = []
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"candidate_pool not found: {path}")
-        for lineno, obj in read_jsonl(path):
-            t = obj.get("text")
-            if not isinstance(t, str) or not t.strip():
-                what = ("missing key 'text'" if "text" not in obj
-                        else f"'text' must be a non-empty string, got {t!r:.60}")
-                raise ValueError(f"{path}:{lineno}: {what}")
-            texts.append(t)
-        where = str(path)
-    else:
-        if isinstance(source, str):
-            raise TypeError("candidate_pool must be a path or a list of strings")
-        for i, t in enumerate(source):
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"candidate_pool[{i}] must be a non-empty string, got {t!r:.60}")
-            texts.append(t)
-        where = "candidate_pool"
-    if not texts:
-        raise ValueError(f"{where}: the candidate pool is empty")
-    return texts
 
 
 def _dedupe(texts: Sequence[str]) -> tuple[list[str], dict[str, int]]:
@@ -290,7 +262,7 @@ class HardNegativeMiner:
         if candidate_pool is None:
             pool_texts = [t for r in self.rows for key in ("pos", "neg") for t in (r.get(key) or [])]
         else:
-            pool_texts = _load_pool(candidate_pool)
+            pool_texts = load_passages(candidate_pool, "candidate_pool")
         self.pool, self._pool_index = _dedupe(pool_texts)
         self._model = model_name_or_path
         self._encoder: Any = None
@@ -566,8 +538,9 @@ def mine_hard_negatives(model_name_or_path: Any, input_file: str | os.PathLike |
     """Mine hard negatives with FlagEmbedding ``hn_mine``'s arguments; returns a :class:`MiningReport`.
 
     ``model_name_or_path``: a model name/folder or an :class:`bgekit.Embedder`. ``input_file``: a
-    training JSONL path (or a list of row dicts). ``candidate_pool``: a JSONL of ``{"text"}`` (or a
-    list of strings); default every ``pos``/``neg`` of the input. ``range_for_sampling``: ``"a-b"``.
+    training JSONL path (or a list of row dicts). ``candidate_pool``: a JSONL of ``{"text"}`` (a ``title``
+    is joined), a BEIR folder or a list of strings (:func:`bgekit.data.load_passages`); default every
+    ``pos``/``neg`` of the input. ``range_for_sampling``: ``"a-b"``.
     ``query_instruction_for_retrieval``: prefix for the queries; ``None`` = none (hn_mine's default);
     pass the model's (``encoder.query_instruction_for_retrieval``) for BGE. ``margin``/``reranker``: the guard
     (see the module docstring). The output is written atomically; each row's ``neg`` is replaced.

@@ -335,3 +335,29 @@ def test_sub_batches_give_the_whole_batch_loss_and_gradients(minilm_path):
         grads.append(param_grads(model))
     assert values[1] == pytest.approx(values[0], abs=1e-5)
     assert_same_gradients(grads[0], grads[1], min_params=50)
+
+
+@pytest.mark.parametrize("head_lr", [1e-3, None])
+def test_optimizer_gives_the_fresh_head_its_own_learning_rate(tmp_path, head_lr):
+    """Every trainable parameter is optimized once; the head (pooler + classifier) at head_learning_rate, the
+    encoder at learning_rate; weight decay on matrices only (not on biases and LayerNorm), as transformers does."""
+    from transformers import AutoModelForSequenceClassification
+
+    from bgekit.training.reranker import RerankerTrainer
+
+    model = AutoModelForSequenceClassification.from_pretrained(models.offline_model_path(), num_labels=1)
+    model.get_input_embeddings().weight.requires_grad_(False)
+    args = RerankerTrainArgs(output_dir=str(tmp_path), head_learning_rate=head_lr, learning_rate=2e-5,
+                             weight_decay=0.01, use_cpu=True, report_to="none")
+    trainer = RerankerTrainer(model=model, args=args, spec=models.get_spec(str(models.offline_model_path())))
+    opt = trainer.create_optimizer()
+    seen = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(seen)   # no parameter twice
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert seen.keys() == {id(p) for p in trainable.values()}
+    for name, p in trainable.items():
+        group = seen[id(p)]
+        is_head = name.startswith(("classifier", "bert.pooler"))
+        assert group["lr"] == (head_lr if is_head and head_lr is not None else 2e-5), name
+        assert group["weight_decay"] == (0.01 if p.ndim >= 2 else 0.0), name
+    assert any(n.startswith("classifier") for n in trainable) and any(".pooler." in n for n in trainable)

@@ -98,13 +98,18 @@ def test_info_nce_matches_hand_computation():
     p = torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.0],     # group of query 0
                       [0.6, 0.8], [1.0, 0.0], [0.0, -1.0]])    # group of query 1
     t = 0.5
-    losses, own = [], []
+    losses, own, own_masked = [], [], []
     for i, qi in enumerate(q.tolist()):
         scores = [sum(a * b for a, b in zip(qi, pj)) / t for pj in p.tolist()]  # vs all 6 passages
         losses.append(math.log(sum(math.exp(s) for s in scores)) - scores[i * 3])  # its positive sits at i * 3
         own.append(math.log(sum(math.exp(s) for s in scores[i * 3:i * 3 + 3])) - scores[i * 3])
+        kept = [scores[j] for j in range(i * 3, i * 3 + 3) if (i, j) != (0, 1)]   # mask: query 0, column 1
+        own_masked.append(math.log(sum(math.exp(s) for s in kept)) - scores[i * 3])
     assert info_nce_loss(q, p, t).item() == pytest.approx(sum(losses) / 2, abs=1e-6)
     assert info_nce_loss(q, p, t, in_batch=False).item() == pytest.approx(sum(own) / 2, abs=1e-6)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 1] = True
+    assert info_nce_loss(q, p, t, mask, in_batch=False).item() == pytest.approx(sum(own_masked) / 2, abs=1e-6)
     # contrastive_loss without a process group is the same loss
     assert contrastive_loss(q, p, t, negatives_cross_device=True).item() == pytest.approx(sum(losses) / 2, abs=1e-6)
 
@@ -244,6 +249,17 @@ def test_default_sub_batches_follow_the_device(tmp_path):
     assert TrainArgs(output_dir=str(tmp_path), train_data="t", sub_batch_size=8, **QUIET).sub_batch_limits() == (8, 0)
 
 
+def test_is_oom_knows_the_out_of_memory_errors():
+    from bgekit.training.trainer import is_oom
+
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")) and is_oom(MemoryError())
+    assert is_oom(RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)"))
+    assert is_oom(RuntimeError("MPS backend out of memory (MPS allocated: 9.00 GB)"))
+    assert not is_oom(RuntimeError("The size of tensor a (3) must match the size of tensor b (4)"))
+    assert not is_oom(ValueError("out of memory. (not an allocation error)"))
+
+
 MEMCAP_HELPER = textwrap.dedent("""
     # one training step of a batch far larger than a memory cap (RLIMIT_AS) set after loading:
     # the plain loss must fail with bgekit's advice, the cached one must train
@@ -350,6 +366,21 @@ def test_short_negatives_topped_up_and_logged(tmp_path, caplog):
         assert "n1" in negs and len(set(negs)) == 3 and set(negs) <= {"n1", "c1", "c2", "c3"}
     with pytest.raises(ValueError, match="too few other passages"):
         load_train_examples(path, 4, ["the answer", "c1"])
+
+
+def test_corpus_option_tops_up_from_a_beir_folder(tmp_path):
+    """--corpus: the passages missing negatives are drawn from (a BEIR folder here: titles joined, duplicates once)."""
+    from bgekit.data import save_beir
+
+    save_beir(tmp_path / "beir", {"d1": {"title": "T", "text": "one"}, "d2": {"title": "", "text": "two"},
+                                  "d3": {"title": "T", "text": "one"}}, {"q": "q"}, {"test": {"q": {"d1": 1}}})
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"query": "q", "pos": ["the answer"], "neg": []}) + "\n")
+    trainer = build_embedder_trainer(TrainArgs(output_dir=str(tmp_path / "out"), train_data=str(data),
+                                               model_name_or_path=str(make_tiny_model(tmp_path / "m")),
+                                               train_group_size=3, corpus=str(tmp_path / "beir"), **QUIET))
+    assert trainer.train_dataset.pool == ["T one", "two"]
+    assert sorted(trainer.train_dataset[0]["passages"][1:]) == ["T one", "two"]
 
 
 def test_group_sampling_is_deterministic_and_covers_negatives():

@@ -140,6 +140,11 @@ def test_torchrun_cli_matches_single_process_on_global_batch(tmp_path, tiny):
     # differences of a few percent of one step (lr 1e-3); a different update would differ by whole steps
     assert max_diff(weights_of(tmp_path / "dist"), weights_of(tmp_path / "single")) < 1e-4
     assert json.loads((tmp_path / "dist" / "bgekit.json").read_text())["pooling"] == "cls"
+    # the cached loss under DDP: its first backward (to the cached embeddings) runs through the cross-device gather
+    torchrun("-m", "bgekit.train", "--output_dir", str(tmp_path / "cached"), "--per_device_train_batch_size", "2",
+             "--negatives_cross_device", "--cached_mini_batch_size", "1", *common)
+    assert np.allclose(losses_of(tmp_path / "cached"), single, atol=1e-5)
+    assert max_diff(weights_of(tmp_path / "cached"), weights_of(tmp_path / "single")) < 1e-4
 
 
 def test_blog_command_runs_unchanged_under_torchrun(tmp_path, tiny):

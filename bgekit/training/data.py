@@ -33,7 +33,7 @@ from .losses import text_ids
 logger = logging.getLogger(__name__)
 
 __all__ = ["EmbedderCollator", "GroupDataset", "EpochCallback", "RerankerCollator", "TrainExample",
-           "build_reranker_examples", "holdout_split", "load_corpus_texts", "load_train_examples", "sample_group"]
+           "build_reranker_examples", "holdout_split", "load_train_examples", "sample_group"]
 
 
 @dataclass
@@ -44,31 +44,6 @@ class TrainExample:
     pos: list[str]
     neg: list[str]
     where: str = ""
-
-
-def load_corpus_texts(corpus: str | os.PathLike) -> list[str]:
-    """Passage texts to draw missing negatives from: JSONL (``{"text"[, "title"]}`` per line) or a BEIR folder.
-
-    Texts are :func:`bgekit.data.doc_text` (title + text), duplicates dropped.
-
-    Raises:
-        FileNotFoundError, ValueError: ``path:line: ...`` for a bad line.
-    """
-    from ..data import doc_text
-
-    path = Path(corpus) / "corpus.jsonl" if Path(corpus).is_dir() else Path(corpus)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus not found: {path}")
-    seen: dict[str, None] = {}
-    for lineno, obj in read_jsonl(path):
-        if not isinstance(obj.get("text"), str) or not isinstance(obj.get("title") or "", str):
-            raise ValueError(f"{path}:{lineno}: expected a string 'text' (and optional string 'title')")
-        t = doc_text({"title": obj.get("title") or "", "text": obj["text"]})
-        if t.strip():
-            seen[t] = None
-    if not seen:
-        raise ValueError(f"{path}: the corpus has no passages")
-    return list(seen)
 
 
 def load_train_examples(train_data: str | os.PathLike, train_group_size: int = 1,

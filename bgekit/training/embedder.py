@@ -32,7 +32,7 @@ from .. import models
 from .._batching import forward_sorted, model_inputs
 from ..embedder import pool
 from .arguments import EmbedderTrainingArguments
-from .data import EmbedderCollator, EpochCallback, GroupDataset, load_corpus_texts, load_train_examples
+from .data import EmbedderCollator, EpochCallback, GroupDataset, load_train_examples
 from .losses import CachedEmbeddings, contrastive_loss
 from .trainer import FolderTrainer, TrainingOutOfMemory, fit, is_oom, load_for_training, oom_advice, with_fields
 
@@ -121,12 +121,13 @@ def build_embedder_trainer(args: EmbedderTrainingArguments) -> EmbedderTrainer:
         FileNotFoundError, ValueError: missing or bad training data (``file:line: ...``).
     """
     from ..config import default_embedder
+    from ..data import load_passages
 
     if not args.train_data:
         raise ValueError("train_data is required (--train_data FILE.jsonl)")
     if args.model_name_or_path is None:
         args.model_name_or_path = default_embedder()
-    corpus = load_corpus_texts(args.corpus) if args.corpus else None
+    corpus = list(dict.fromkeys(load_passages(args.corpus))) if args.corpus else None
     examples, pool_texts = load_train_examples(args.train_data, args.train_group_size, corpus,
                                                args.max_example_num_per_dataset)
     if not args.normalize_embeddings and args.temperature != 1.0:

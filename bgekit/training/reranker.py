@@ -107,23 +107,18 @@ class RerankerTrainer(FolderTrainer):
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The ``Trainer``'s optimizer (``--optim``, weight decay groups), the fresh head moved to groups of its own."""
         if self.optimizer is not None:
             return self.optimizer
-        a, model = self.args, self.model
-        head_lr = a.learning_rate if a.head_learning_rate is None else a.head_learning_rate
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                is_head = not n.startswith(model.base_model_prefix + ".embeddings") and (
-                    n.startswith(("classifier", "score")) or ".pooler." in n or n.startswith("pooler"))
-                groups.setdefault((is_head, p.ndim >= 2 and "LayerNorm" not in n), []).append(p)
-        device = next(model.parameters()).device
-        self.optimizer = torch.optim.AdamW(
-            [{"params": ps, "lr": head_lr if head else a.learning_rate,
-              "weight_decay": a.weight_decay if decay else 0.0} for (head, decay), ps in groups.items()],
-            lr=a.learning_rate, betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon,
-            **({"fused": True} if device.type in ("cpu", "cuda") else {}))
-        return self.optimizer
+        opt, m = super().create_optimizer(model), self.model
+        head = {id(p) for n, p in m.named_parameters() if not n.startswith(m.base_model_prefix + ".embeddings")
+                and (n.startswith(("classifier", "score", "pooler")) or ".pooler." in n)}
+        for group in list(opt.param_groups):
+            moved = [p for p in group["params"] if id(p) in head]
+            if moved and self.args.head_learning_rate is not None:
+                group["params"] = [p for p in group["params"] if id(p) not in head]
+                opt.add_param_group({**group, "params": moved, "lr": self.args.head_learning_rate})
+        return opt
 
 
 def _stamp(args: RerankerTrainingArguments, base_model: str, negatives_from: str) -> str:
