@@ -398,42 +398,54 @@ def load_training_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def load_passages(source: str | os.PathLike | Iterable[str], what: str = "corpus") -> list[str]:
-    """Passages to draw negatives from (the miner's ``candidate_pool``, the trainer's ``--corpus``), in order.
+def load_passages(source: str | os.PathLike | Iterable[str], what: str = "corpus", join_title: bool = True
+                  ) -> list[str]:
+    """Passages to draw negatives from (the trainer's ``--corpus``, the miner's ``candidate_pool``), in order.
+
+    Blank passages are skipped, with a warning that counts them and names the first.
 
     Args:
-        source: a JSONL file of ``{"text"[, "title"]}`` lines (FlagEmbedding's candidate pool format; other
-            keys ignored), a BEIR folder (its ``corpus.jsonl``), or a list of strings.
+        source: a JSONL file of ``{"text"[, "title"]}`` lines (other keys ignored), a BEIR folder (its
+            ``corpus.jsonl``), or a list of strings (kept as they are).
         what: the argument's name, for errors.
+        join_title: ``True``: a line's passage is :func:`doc_text` (title + text, stripped), the text the course
+            embeds for a document. ``False``: its ``text`` verbatim, title ignored (FlagEmbedding's ``hn_mine``,
+            whose pool texts must match the training rows' passages character for character).
 
     Returns:
-        the texts: ``text`` as it is, or :func:`doc_text` (title + text) when a line has a title.
+        the passages, duplicates kept.
 
     Raises:
         FileNotFoundError: no such file (or no ``corpus.jsonl`` in the folder).
-        ValueError: a blank or missing text (``path:line: ...`` or ``what[i] ...``); no passages at all.
+        ValueError: a line without a string ``text`` or with a non-string ``title`` (``path:line: ...``), an item
+            that is not a string (``what[i] ...``), no passage at all.
 
-    >>> load_passages(["a", "b"])
+    >>> load_passages(["a", " ", "b"])
     ['a', 'b']
     """
     texts: list[str] = []
+    blank: list[str] = []
     if isinstance(source, (str, os.PathLike)):
         path = Path(source) / "corpus.jsonl" if Path(source).is_dir() else Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"{what} not found: {path}")
-        for lineno, obj in read_jsonl(path):
-            t = obj.get("text")
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"{path}:{lineno}: " + ("missing key 'text'" if "text" not in obj
-                                                         else f"'text' must be a non-empty string, got {t!r:.60}"))
-            texts.append(doc_text(obj, f"{path}:{lineno}") if obj.get("title") else t)
+        items = ((f"{path}:{lineno}", obj) for lineno, obj in read_jsonl(path))
         where = str(path)
     else:
-        for i, t in enumerate(source):
-            if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"{what}[{i}] must be a non-empty string, got {t!r:.60}")
-            texts.append(t)
+        items = ((f"{what}[{i}]", t) for i, t in enumerate(source))
         where = what
+    for at, obj in items:
+        if isinstance(obj, Mapping):
+            if not isinstance(obj.get("text"), str) or not isinstance(obj.get("title") or "", str):
+                raise ValueError(f"{at}: " + ("missing key 'text'" if "text" not in obj else
+                                              "'text' (and 'title', when given) must be strings, got "
+                                              f"{obj.get('text')!r:.40}, {obj.get('title')!r:.40}"))
+            obj = doc_text(obj) if join_title else obj["text"]
+        elif not isinstance(obj, str):
+            raise ValueError(f"{at} must be a string, got {obj!r:.60}")
+        (texts if obj.strip() else blank).append(obj if obj.strip() else at)
+    if blank:
+        logger.warning("%s: %d blank passage(s) skipped (the first: %s)", where, len(blank), blank[0])
     if not texts:
         raise ValueError(f"{where}: no passages (the {what} is empty)")
     return texts

@@ -43,10 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
-        args = parse_args(argv)
-        if not args.train_data:
-            raise ValueError("--train_data is required")
-        out = train_embedder(args)
+        out = train_embedder(parse_args(argv))
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

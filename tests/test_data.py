@@ -205,22 +205,27 @@ def test_a_byte_order_mark_inside_a_file_is_still_an_error(tmp_path):
         load_training_jsonl(path)
 
 
-def test_load_passages_reads_a_pool_file_a_beir_folder_or_a_list(tmp_path, beir):
-    """The one reader of 'passages to draw negatives from' (the miner's candidate_pool, the trainer's --corpus)."""
+def test_load_passages_reads_a_pool_file_a_beir_folder_or_a_list(tmp_path, beir, caplog):
+    """The one reader of 'passages to draw negatives from' (the trainer's --corpus, the miner's candidate_pool)."""
     want = ["Fever A raised body temperature.", "Rest and fluids help.", "No title key at all."]
     assert load_passages(beir) == want == [doc_text(d) for d in CORPUS]   # a BEIR folder: its corpus.jsonl
-    pool = _write(tmp_path / "pool.jsonl", _jsonl([{"text": " kept as it is "}, {"text": "t", "title": "T", "id": 3}]))
-    assert load_passages(pool) == [" kept as it is ", "T t"]   # FlagEmbedding's pool texts are used verbatim
+    rows = [{"text": " as it is "}, {"text": "t", "title": "T", "id": 3}, {"text": "", "title": "Title only"},
+            {"text": "  ", "title": ""}]
+    pool = _write(tmp_path / "pool.jsonl", _jsonl(rows))
+    with caplog.at_level("WARNING"):
+        assert load_passages(pool) == ["as it is", "T t", "Title only"]   # the course's doc_text
+    assert "1 blank passage(s) skipped (the first: " + f"{pool}:4)" in caplog.text
+    assert load_passages(pool, join_title=False) == [" as it is ", "t"]   # hn_mine's pool texts: verbatim
     assert load_passages(("a", "b")) == ["a", "b"]
     for rows, message in [([{"text": "ok"}, {"title": "x"}], r"pool.jsonl:2: missing key 'text'"),
-                          ([{"text": "ok"}, {"text": "ok"}, {"text": "  "}], r"pool.jsonl:3: 'text' must be a non-empty"),
-                          ([{"text": 5}], r"pool.jsonl:1: 'text' must be a non-empty string, got 5")]:
+                          ([{"text": 5}], r"pool.jsonl:1: 'text' \(and 'title', when given\) must be strings, got 5"),
+                          ([{"text": "a", "title": 7}], r"pool.jsonl:1: .* must be strings, got 'a', 7")]:
         _write(pool, _jsonl(rows))
         with pytest.raises(ValueError, match=message):
             load_passages(pool)
-    with pytest.raises(ValueError, match=r"corpus\[1\] must be a non-empty string, got None"):
+    with pytest.raises(ValueError, match=r"corpus\[1\] must be a string, got None"):
         load_passages(["a", None])
     with pytest.raises(ValueError, match="no passages"):
-        load_passages([], "candidate_pool")
+        load_passages([" "], "candidate_pool")
     with pytest.raises(FileNotFoundError, match="candidate_pool not found"):
         load_passages(tmp_path / "nope.jsonl", "candidate_pool")

@@ -255,8 +255,25 @@ def test_bad_candidate_pool_line(enc, train_file, tmp_path):
     with pytest.raises(ValueError, match=r"pool.jsonl:2: missing key 'text'"):
         mine_hard_negatives(enc, train_file, tmp_path / "o.jsonl", "0-5", 1, f)
     f.write_text(json.dumps({"text": "fine"}) + "\n\n" + json.dumps({"text": 3}) + "\n")
-    with pytest.raises(ValueError, match=r"pool.jsonl:3: 'text' must be a non-empty string"):
+    with pytest.raises(ValueError, match=r"pool.jsonl:3: 'text' \(and 'title', when given\) must be strings, got 3"):
         mine_hard_negatives(enc, train_file, tmp_path / "o.jsonl", "0-5", 1, f)
+
+
+def test_pool_texts_are_used_verbatim_and_a_mismatched_pool_is_reported(enc, train_file, tmp_path, caplog):
+    """hn_mine's pool format: 'text' as it is, a title ignored; else a titled pool copy of a positive would no longer
+    match the positive and be mined as its negative. A pool that misses most positives is reported."""
+    rows = read_jsonl(train_file)
+    f = write_jsonl(tmp_path / "pool.jsonl", [{"title": "Title", "text": p} for r in rows for p in r["pos"]]
+                    + [{"text": "   "}] + [{"text": t} for t in filler(20)])
+    with caplog.at_level("WARNING"):
+        report = mine_hard_negatives(enc, train_file, tmp_path / "o.jsonl", "0-10", 3, f, seed=0)
+    assert "1 blank passage(s) skipped" in caplog.text and "pool.jsonl:" in caplog.text
+    assert "positives are not in the candidate pool" not in caplog.text
+    check_no_banned_negatives(report.output_rows)
+    titled = write_jsonl(tmp_path / "titled.jsonl", [{"text": "Title " + p} for r in rows for p in r["pos"]])
+    with caplog.at_level("WARNING"):
+        mine_hard_negatives(enc, train_file, tmp_path / "o2.jsonl", "0-10", 3, titled, seed=0)
+    assert "positives are not in the candidate pool" in caplog.text
 
 
 @pytest.mark.parametrize("value,msg", [

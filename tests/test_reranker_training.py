@@ -361,3 +361,19 @@ def test_optimizer_gives_the_fresh_head_its_own_learning_rate(tmp_path, head_lr)
         assert group["lr"] == (head_lr if is_head and head_lr is not None else 2e-5), name
         assert group["weight_decay"] == (0.01 if p.ndim >= 2 else 0.0), name
     assert any(n.startswith("classifier") for n in trainable) and any(".pooler." in n for n in trainable)
+
+
+def test_optimizer_works_with_the_older_trainer_signature(tmp_path, monkeypatch):
+    """transformers < 5.7 defines Trainer.create_optimizer(self) without a model argument (pyproject allows 4.56):
+    stood in here by wrapping the installed method in that signature."""
+    from transformers import AutoModelForSequenceClassification, Trainer
+
+    from bgekit.training.reranker import RerankerTrainer
+
+    new = Trainer.create_optimizer
+    monkeypatch.setattr(Trainer, "create_optimizer", lambda self: new(self))
+    model = AutoModelForSequenceClassification.from_pretrained(models.offline_model_path(), num_labels=1)
+    args = RerankerTrainArgs(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = RerankerTrainer(model=model, args=args, spec=models.get_spec(str(models.offline_model_path())))
+    lrs = {g["lr"] for g in trainer.create_optimizer().param_groups}
+    assert lrs == {args.learning_rate, args.head_learning_rate}

@@ -249,6 +249,45 @@ def test_default_sub_batches_follow_the_device(tmp_path):
     assert TrainArgs(output_dir=str(tmp_path), train_data="t", sub_batch_size=8, **QUIET).sub_batch_limits() == (8, 0)
 
 
+def test_cached_loss_replays_the_rng_and_puts_it_back(monkeypatch):
+    """A chunk's replay draws the dropout masks of its first pass, and the RNG goes on as if nothing was replayed.
+    The accelerator branch runs on a stand-in torch.mps (no Apple GPU here), which records the calls: MPS takes
+    no device argument on older torch, CUDA does."""
+    from bgekit.training.losses import _replayed, _rng_state
+
+    saved = _rng_state(torch.device("cpu"))
+    first = torch.rand(4)
+    expected_next = torch.rand(4)
+    torch.set_rng_state(saved[1])
+    torch.rand(4)
+    with _replayed(saved):
+        assert torch.equal(torch.rand(4), first)
+        torch.rand(100)
+    assert torch.equal(torch.rand(4), expected_next)
+
+    calls = []
+
+    class FakeMps:
+        state = torch.tensor([1], dtype=torch.uint8)
+
+        @staticmethod
+        def get_rng_state(*args):
+            calls.append(("get", args))
+            return FakeMps.state.clone()
+
+        @staticmethod
+        def set_rng_state(state, *args):
+            calls.append(("set", int(state[0]), args))
+            FakeMps.state = state
+
+    monkeypatch.setattr(torch, "mps", FakeMps)
+    saved = _rng_state(torch.device("mps"))
+    FakeMps.state = torch.tensor([2], dtype=torch.uint8)
+    with _replayed(saved):
+        assert int(FakeMps.state[0]) == 1
+    assert int(FakeMps.state[0]) == 2 and calls == [("get", ()), ("get", ()), ("set", 1, ()), ("set", 2, ())]
+
+
 def test_is_oom_knows_the_out_of_memory_errors():
     from bgekit.training.trainer import is_oom
 
@@ -257,6 +296,8 @@ def test_is_oom_knows_the_out_of_memory_errors():
                                "you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)"))
     assert is_oom(RuntimeError("MPS backend out of memory (MPS allocated: 9.00 GB)"))
     assert not is_oom(RuntimeError("The size of tensor a (3) must match the size of tensor b (4)"))
+    assert is_oom(RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"))
+    assert not is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED."))
     assert not is_oom(ValueError("out of memory. (not an allocation error)"))
 
 

@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import get_device_states, set_device_states
 
-__all__ = ["CachedEmbeddings", "contrastive_loss", "group_loss", "info_nce_loss",
+__all__ = ["CachedEmbeddings", "contrastive_loss", "gather_with_grad", "group_loss", "info_nce_loss",
            "shared_positive_mask", "text_ids"]
 
 
@@ -82,34 +81,53 @@ def info_nce_loss(q: torch.Tensor, p: torch.Tensor, temperature: float, mask: to
     return F.cross_entropy(scores, torch.arange(b, device=q.device) * g)
 
 
+def _dist_world() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` from all processes (rank order); gradients flow into the local part only.
+
+    Every rank must pass a tensor of the same shape. Without a process group, returns ``t``.
+    """
+    if _dist_world() == 1:
+        return t
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    parts = [torch.empty_like(t) for _ in range(world)]
+    torch.distributed.all_gather(parts, t.detach().contiguous())
+    parts[rank] = t  # the local slot keeps its autograd history
+    return torch.cat(parts, dim=0)
+
+
 def contrastive_loss(q: torch.Tensor, p: torch.Tensor, temperature: float, negatives_cross_device: bool = False,
                      query_pos_ids: torch.Tensor | None = None, passage_ids: torch.Tensor | None = None,
                      in_batch: bool = True) -> torch.Tensor:
     """The training loss of this process's queries ``q`` and groups ``p``, shared positives masked.
 
-    Cross-device: queries, passages and their text ids are gathered from all ranks in rank order
-    (``torch.distributed.nn.functional.all_gather``, through which gradients flow back to the rank
-    that owns each row) and each rank computes the loss of the *global* batch, so its value is the
-    single-process loss on that batch. Every rank's copy of that loss sends its gradient to every
-    rank: a rank receives ``W`` times the gradient of its own rows, and DDP's average over the ``W``
-    ranks then gives the gradient of single-process training on the global batch.
+    Cross-device: queries, passages and their text ids are gathered from all ranks and each rank
+    computes the loss of the *global* batch, so its value is the single-process loss on that batch.
+    Its gradient reaches only the local embeddings; DDP averages gradients over the ``W`` ranks, so
+    the returned tensor carries ``W`` times the gradient (and the plain value): the summed parts then
+    equal single-process training on the global batch.
 
     Args:
-        q, p: as in :func:`info_nce_loss`; every rank's must have the same shapes.
+        q, p: as in :func:`info_nce_loss`.
         query_pos_ids, passage_ids: :func:`text_ids` of each query's positives ``(B, P)`` (0-padded) and
             of the passages ``(B * G,)``; when given, shared positives are masked.
     """
-    dist = torch.distributed
-    if negatives_cross_device and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_gather
-
-        q, p = torch.cat(all_gather(q)), torch.cat(all_gather(p))
+    world = _dist_world() if negatives_cross_device else 1
+    if world > 1:
+        q, p = gather_with_grad(q), gather_with_grad(p)
         if query_pos_ids is not None and passage_ids is not None:
-            query_pos_ids, passage_ids = torch.cat(all_gather(query_pos_ids)), torch.cat(all_gather(passage_ids))
+            query_pos_ids, passage_ids = gather_with_grad(query_pos_ids), gather_with_grad(passage_ids)
     mask = None
     if query_pos_ids is not None and passage_ids is not None:
         mask = shared_positive_mask(query_pos_ids.to(q.device), passage_ids.to(q.device), p.shape[0] // q.shape[0])
-    return info_nce_loss(q, p, temperature, mask, in_batch)
+    loss = info_nce_loss(q, p, temperature, mask, in_batch)
+    if world > 1:
+        loss = loss * world - loss.detach() * (world - 1)  # value: the global loss; gradient: x world
+    return loss
 
 
 def group_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -128,20 +146,29 @@ def group_loss(logits: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target)
 
 
-def _rng_state(t: torch.Tensor) -> tuple:
-    """The CPU RNG state and that of ``t``'s accelerator, to replay a chunk's dropout (``torch.utils.checkpoint``'s
-    helpers, which work for CUDA, MPS, XPU, ...)."""
-    return torch.get_rng_state(), t.device.type, *get_device_states(t)
+def _rng_state(device: torch.device) -> tuple:
+    """The CPU RNG state and that of ``device``'s accelerator (``torch.cuda``, ``torch.mps``, ``torch.xpu``, ...)."""
+    mod = None if device.type == "cpu" else getattr(torch, device.type)
+    acc = None if mod is None else mod.get_rng_state(device) if device.type == "cuda" else mod.get_rng_state()
+    return device, torch.get_rng_state(), acc
+
+
+def _set_rng_state(state: tuple) -> None:
+    device, cpu, acc = state
+    torch.set_rng_state(cpu)
+    if acc is not None:   # MPS and XPU: the current (only) device; older torch takes no device argument there
+        getattr(torch, device.type).set_rng_state(acc, *([device] if device.type == "cuda" else []))
 
 
 @contextlib.contextmanager
 def _replayed(state: tuple) -> Iterator[None]:
-    """Run the block from a saved :func:`_rng_state`, then put the RNG back as it was."""
-    cpu, device_type, devices, device_states = state
-    with torch.random.fork_rng(devices=devices, device_type=device_type):
-        torch.set_rng_state(cpu)
-        set_device_states(devices, device_states, device_type=device_type)
+    """Run the block from a saved :func:`_rng_state` (to replay a chunk's dropout), then put the RNG back."""
+    before = _rng_state(state[0])
+    _set_rng_state(state)
+    try:
         yield
+    finally:
+        _set_rng_state(before)
 
 
 class CachedEmbeddings:
@@ -183,7 +210,7 @@ class CachedEmbeddings:
                 chunks = length_sorted_chunks(batch, rows=self.m)
                 reps = []
                 for _, c in chunks:
-                    todo.append((c, _rng_state(next(iter(c.values())))))
+                    todo.append((c, _rng_state(next(iter(c.values())).device)))
                     reps.append(self.embed(c))
                 leaves.append(torch.cat(reps).detach().requires_grad_())
                 orders.append(torch.argsort(torch.cat([i for i, _ in chunks])).to(leaves[-1].device))

@@ -110,7 +110,8 @@ class RerankerTrainer(FolderTrainer):
         """The ``Trainer``'s optimizer (``--optim``, weight decay groups), the fresh head moved to groups of its own."""
         if self.optimizer is not None:
             return self.optimizer
-        opt, m = super().create_optimizer(model), self.model
+        # transformers < 5.7 has create_optimizer(self), later ones create_optimizer(self, model=None)
+        opt, m = super().create_optimizer(*([] if model is None else [model])), self.model
         head = {id(p) for n, p in m.named_parameters() if not n.startswith(m.base_model_prefix + ".embeddings")
                 and (n.startswith(("classifier", "score", "pooler")) or ".pooler." in n)}
         for group in list(opt.param_groups):

@@ -33,11 +33,11 @@ def oom_advice(args: Any) -> str:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for an accelerator's or the CPU allocator's out-of-memory error (accelerate's
-    ``should_reduce_batch_size``, which ``find_executable_batch_size`` uses) and for ``MemoryError``."""
-    from accelerate.utils.memory import should_reduce_batch_size
-
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or should_reduce_batch_size(exc)
+    """True for an out-of-memory error: CUDA/ROCm, MPS, XPU, NCCL's, and a CPU allocation failure."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 def load_for_training(name: str, model_class: Any, tokenizer_name: str | None = None, **kwargs: Any) -> tuple[Any, Any]:
