@@ -406,9 +406,9 @@ def load_passages(source: str | os.PathLike | Iterable[str], what: str = "corpus
 
     Args:
         source: a JSONL file of ``{"text"[, "title"]}`` lines (other keys ignored), a BEIR folder (its
-            ``corpus.jsonl``), or a list of strings (kept as they are).
+            ``corpus.jsonl``), or a list of strings (kept as they are) or of such records.
         what: the argument's name, for errors.
-        join_title: ``True``: a line's passage is :func:`doc_text` (title + text, stripped), the text the course
+        join_title: ``True``: a record's passage is :func:`doc_text` (title + text, stripped), the text the course
             embeds for a document. ``False``: its ``text`` verbatim, title ignored (FlagEmbedding's ``hn_mine``,
             whose pool texts must match the training rows' passages character for character).
 
@@ -417,8 +417,9 @@ def load_passages(source: str | os.PathLike | Iterable[str], what: str = "corpus
 
     Raises:
         FileNotFoundError: no such file (or no ``corpus.jsonl`` in the folder).
-        ValueError: a line without a string ``text`` or with a non-string ``title`` (``path:line: ...``), an item
-            that is not a string (``what[i] ...``), no passage at all.
+        TypeError: ``source`` is a mapping (pass ``list(corpus.values())``) or not iterable.
+        ValueError: a record without a string ``text`` or (joining titles) with a non-string ``title``
+            (``path:line: ...``), an item that is neither (``what[i] ...``), no passage at all.
 
     >>> load_passages(["a", " ", "b"])
     ['a', 'b']
@@ -431,18 +432,21 @@ def load_passages(source: str | os.PathLike | Iterable[str], what: str = "corpus
             raise FileNotFoundError(f"{what} not found: {path}")
         items = ((f"{path}:{lineno}", obj) for lineno, obj in read_jsonl(path))
         where = str(path)
+    elif isinstance(source, Mapping) or not isinstance(source, Iterable):
+        raise TypeError(f"{what} must be a path or a list of passages, got {type(source).__name__}"
+                        + (" (a corpus dict? pass list(corpus.values()))" if isinstance(source, Mapping) else ""))
     else:
         items = ((f"{what}[{i}]", t) for i, t in enumerate(source))
         where = what
     for at, obj in items:
         if isinstance(obj, Mapping):
-            if not isinstance(obj.get("text"), str) or not isinstance(obj.get("title") or "", str):
+            if not isinstance(obj.get("text"), str) or (join_title and not isinstance(obj.get("title") or "", str)):
                 raise ValueError(f"{at}: " + ("missing key 'text'" if "text" not in obj else
                                               "'text' (and 'title', when given) must be strings, got "
                                               f"{obj.get('text')!r:.40}, {obj.get('title')!r:.40}"))
             obj = doc_text(obj) if join_title else obj["text"]
         elif not isinstance(obj, str):
-            raise ValueError(f"{at} must be a string, got {obj!r:.60}")
+            raise ValueError(f"{at} must be a string or a {{'text'[, 'title']}} record, got {obj!r:.60}")
         (texts if obj.strip() else blank).append(obj if obj.strip() else at)
     if blank:
         logger.warning("%s: %d blank passage(s) skipped (the first: %s)", where, len(blank), blank[0])

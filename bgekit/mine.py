@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--input_file", required=True, help="training JSONL {query, pos: [...], neg: [...]}")
     ap.add_argument("--output_file", required=True, help="where the mined JSONL goes (written atomically)")
     ap.add_argument("--candidate_pool", default=None,
-                    help="JSONL of {\"text\": ...}; default: every pos and neg text of the input")
+                    help="JSONL of {\"text\": ...} (used verbatim, as hn_mine) or a BEIR folder; default: every "
+                         "pos and neg text of the input")
     ap.add_argument("--range_for_sampling", default="10-210", help="ranks a-b to sample from (default 10-210)")
     ap.add_argument("--negative_number", type=int, default=DEFAULT_NEGATIVE_NUMBER,
                     help=f"negatives per row (default {DEFAULT_NEGATIVE_NUMBER})")

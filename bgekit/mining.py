@@ -264,6 +264,13 @@ class HardNegativeMiner:
         else:
             pool_texts = load_passages(candidate_pool, "candidate_pool", join_title=False)
         self.pool, self._pool_index = _dedupe(pool_texts)
+        self._missing_positives, _ = _dedupe([p for r in self.rows for p in r["pos"]
+                                              if normalize_text(p) not in self._pool_index])
+        n_pos = len({normalize_text(p) for r in self.rows for p in r["pos"]})
+        if len(self._missing_positives) > n_pos / 2:   # a pool written another way cannot exclude the positives
+            logger.warning("%d of %d positives are not in the candidate pool: a pool text that differs from a positive "
+                           "(a title joined, other words) can be mined as its negative",
+                           len(self._missing_positives), n_pos)
         self._model = model_name_or_path
         self._encoder: Any = None
         self.query_instruction_for_retrieval = query_instruction_for_retrieval or ""
@@ -300,11 +307,7 @@ class HardNegativeMiner:
             q_texts, query_instruction_for_retrieval=self.query_instruction_for_retrieval, **kw)
         self.pool_vecs = self.encoder.encode(self.pool, **kw)
         # positives that are not in the pool (a custom candidate_pool) are encoded too, for their scores
-        missing, _ = _dedupe([p for r in self.rows for p in r["pos"] if normalize_text(p) not in self._pool_index])
-        n_pos = len({normalize_text(p) for r in self.rows for p in r["pos"]})
-        if len(missing) > n_pos / 2:   # a pool written another way (titles joined?) cannot exclude the positives
-            logger.warning("%d of %d positives are not in the candidate pool: a pool text that differs from a positive "
-                           "(a title joined, other words) can be mined as its negative", len(missing), n_pos)
+        missing = self._missing_positives
         extra = self.encoder.encode(missing, **kw) if missing else np.zeros((0, self.pool_vecs.shape[1]), np.float32)
         self._extra_index = {normalize_text(t): i for i, t in enumerate(missing)}
         self._extra_vecs = extra
@@ -543,8 +546,9 @@ def mine_hard_negatives(model_name_or_path: Any, input_file: str | os.PathLike |
 
     ``model_name_or_path``: a model name/folder or an :class:`bgekit.Embedder`. ``input_file``: a
     training JSONL path (or a list of row dicts). ``candidate_pool``: a JSONL of ``{"text"}`` (texts verbatim,
-    as hn_mine), a BEIR folder or a list of strings (:func:`bgekit.data.load_passages`); default every
-    ``pos``/``neg`` of the input. ``range_for_sampling``: ``"a-b"``.
+    as hn_mine; a title is ignored), a BEIR folder (titles ignored: for positives written as title + text, pass
+    ``[doc_text(d) for d in corpus.values()]`` as :func:`mine_course_train_split` does) or a list of strings
+    (:func:`bgekit.data.load_passages`); default every ``pos``/``neg`` of the input. ``range_for_sampling``: ``"a-b"``.
     ``query_instruction_for_retrieval``: prefix for the queries; ``None`` = none (hn_mine's default);
     pass the model's (``encoder.query_instruction_for_retrieval``) for BGE. ``margin``/``reranker``: the guard
     (see the module docstring). The output is written atomically; each row's ``neg`` is replaced.

@@ -223,8 +223,13 @@ def test_load_passages_reads_a_pool_file_a_beir_folder_or_a_list(tmp_path, beir,
         _write(pool, _jsonl(rows))
         with pytest.raises(ValueError, match=message):
             load_passages(pool)
-    with pytest.raises(ValueError, match=r"corpus\[1\] must be a string, got None"):
+    with pytest.raises(ValueError, match=r"corpus\[1\] must be a string or a .* record, got None"):
         load_passages(["a", None])
+    assert load_passages([{"title": "T", "text": "a"}, {"text": "b", "title": 3}], join_title=False) == ["a", "b"]
+    with pytest.raises(TypeError, match=r"a corpus dict\? pass list\(corpus.values\(\)\)"):
+        load_passages({"d1": {"text": "a"}})
+    with pytest.raises(TypeError, match="must be a path or a list of passages, got int"):
+        load_passages(5)
     with pytest.raises(ValueError, match="no passages"):
         load_passages([" "], "candidate_pool")
     with pytest.raises(FileNotFoundError, match="candidate_pool not found"):

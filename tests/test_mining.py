@@ -270,6 +270,8 @@ def test_pool_texts_are_used_verbatim_and_a_mismatched_pool_is_reported(enc, tra
     assert "1 blank passage(s) skipped" in caplog.text and "pool.jsonl:" in caplog.text
     assert "positives are not in the candidate pool" not in caplog.text
     check_no_banned_negatives(report.output_rows)
+    for row in report.output_rows:   # no "Title <positive>" either
+        assert not any(normalize_text(p) in normalize_text(n) for p in row["pos"] for n in row["neg"]), row
     titled = write_jsonl(tmp_path / "titled.jsonl", [{"text": "Title " + p} for r in rows for p in r["pos"]])
     with caplog.at_level("WARNING"):
         mine_hard_negatives(enc, train_file, tmp_path / "o2.jsonl", "0-10", 3, titled, seed=0)

@@ -288,6 +288,50 @@ def test_cached_loss_replays_the_rng_and_puts_it_back(monkeypatch):
     assert int(FakeMps.state[0]) == 2 and calls == [("get", ()), ("get", ()), ("set", 1, ()), ("set", 2, ())]
 
 
+def test_cached_loss_with_dropout_equals_a_graph_forward_of_the_same_chunks():
+    """With dropout on, each chunk's replay draws the masks of its first pass: the cached loss and gradients equal a
+    forward with a graph over the same chunks (same order, same seed), and the RNG goes on as after that forward."""
+    from transformers import BertConfig, BertModel
+
+    from bgekit._batching import length_sorted_chunks
+    from bgekit.training.losses import CachedEmbeddings
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3,
+                                 max_position_embeddings=64), add_pooling_layer=False).train()
+
+    def batch(n, length, seed):
+        g = torch.Generator().manual_seed(seed)
+        mask = (torch.arange(length)[None] < torch.randint(2, length + 1, (n,), generator=g)[:, None]).long()
+        return {"input_ids": torch.randint(1, 100, (n, length), generator=g) * mask, "attention_mask": mask}
+
+    q, p = batch(6, 10, 1), batch(12, 16, 2)
+
+    def embed(b):
+        return torch.nn.functional.normalize(model(**b).last_hidden_state[:, 0], dim=-1)
+
+    def run(cached):
+        model.zero_grad()
+        torch.manual_seed(123)
+        if cached:
+            loss = CachedEmbeddings(embed, 4).loss([q, p], lambda a, b: info_nce_loss(a, b, 0.05))
+        else:
+            embs = []
+            for b in (q, p):
+                chunks = length_sorted_chunks(b, rows=4)
+                emb = torch.cat([embed(c) for _, c in chunks])
+                embs.append(emb[torch.argsort(torch.cat([i for i, _ in chunks]))])
+            loss = info_nce_loss(*embs, 0.05)
+        loss.backward()
+        return loss.item(), param_grads(model), torch.rand(3)
+
+    (v_ref, g_ref, next_ref), (v, g, next_draw) = run(False), run(True)
+    assert v == pytest.approx(v_ref, abs=1e-6)
+    assert_same_gradients(g_ref, g, min_params=10)
+    assert torch.equal(next_draw, next_ref)
+
+
 def test_is_oom_knows_the_out_of_memory_errors():
     from bgekit.training.trainer import is_oom
 
@@ -422,6 +466,22 @@ def test_corpus_option_tops_up_from_a_beir_folder(tmp_path):
                                                train_group_size=3, corpus=str(tmp_path / "beir"), **QUIET))
     assert trainer.train_dataset.pool == ["T one", "two"]
     assert sorted(trainer.train_dataset[0]["passages"][1:]) == ["T one", "two"]
+
+
+def test_a_corpus_copy_of_a_positive_is_never_its_negative(tmp_path, caplog):
+    """Positives are compared after whitespace normalisation, in the row's negatives and in the corpus; a corpus
+    that holds most positives in another form (titles joined) is reported, since those copies cannot be told apart."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"query": "q", "pos": ["the answer"], "neg": ["the  answer\n", "n1"]}) + "\n")
+    (ex,), pool = load_train_examples(path, 4, [" the answer ", "the\tanswer", "c1", "c2", "c3"])
+    assert ex.neg == ["n1"]
+    for seed in range(20):
+        negs = sample_group(ex, np.random.default_rng(seed), 4, pool)[1:]
+        assert "n1" in negs and len(negs) == 3 and set(negs) <= {"n1", "c1", "c2", "c3"}
+    assert "positives are not in the corpus" not in caplog.text
+    with caplog.at_level("WARNING"):
+        load_train_examples(path, 4, ["Title the answer", "c1", "c2", "c3"])
+    assert "1 of 1 positives are not in the corpus" in caplog.text
 
 
 def test_group_sampling_is_deterministic_and_covers_negatives():

@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 
 from .._io import read_jsonl
 from ..data import validate_training_row
+from ..mining import normalize_text
 from .losses import text_ids
 
 logger = logging.getLogger(__name__)
@@ -79,17 +80,24 @@ def load_train_examples(train_data: str | os.PathLike, train_group_size: int = 1
             where = f"{path}:{lineno}"
             row = validate_training_row(obj, where)
             pos = list(dict.fromkeys(row["pos"]))
-            neg = [n for n in dict.fromkeys(row.get("neg") or []) if n not in set(pos)]
+            keys = {normalize_text(t) for t in pos}
+            neg = [n for n in dict.fromkeys(row.get("neg") or []) if normalize_text(n) not in keys]
             examples.append(TrainExample(row["query"], pos, neg, where))
             n_file += 1
     if not examples:
         raise ValueError(f"{train_data}: no training rows")
     pool = list(corpus) if corpus else list(dict.fromkeys(t for e in examples for t in (*e.pos, *e.neg)))
+    in_pool = {normalize_text(t) for t in pool}
+    positives = {normalize_text(t) for e in examples for t in e.pos}
+    if corpus and len(positives - in_pool) > len(positives) / 2:   # a corpus written another way
+        logger.warning("%d of %d positives are not in the corpus: a corpus passage that differs from a positive "
+                       "(a title joined, other words) can be drawn as its negative", len(positives - in_pool),
+                       len(positives))
     need = train_group_size - 1
     short = [e for e in examples if len(e.neg) < need]
     if short:
         worst = min(short, key=lambda e: len(e.neg))
-        if len(set(pool) - set(worst.pos) - set(worst.neg)) < need - len(worst.neg):
+        if len(in_pool - {normalize_text(t) for t in (*worst.pos, *worst.neg)}) < need - len(worst.neg):
             raise ValueError(f"{worst.where}: {len(worst.neg)} negative(s), train_group_size={train_group_size} "
                              f"needs {need}, and the {'corpus' if corpus else 'training data'} has too few other "
                              f"passages to draw the rest from; lower --train_group_size or pass --corpus")
@@ -104,24 +112,25 @@ def sample_group(ex: TrainExample, rng: np.random.Generator, group_size: int, po
 
     The positive is one of ``ex.pos``; negatives come from ``ex.neg`` (without repetition) and, when
     there are too few, from ``pool``; a negative is never one of the query's positives (the softmax would push a
-    right answer down) nor a repeat. The embedder and the reranker trainers both draw their groups here.
+    right answer down) nor a repeat, texts compared after whitespace normalisation
+    (:func:`bgekit.mining.normalize_text`). The embedder and the reranker trainers both draw their groups here.
 
     Raises:
         ValueError: the pool has too few other passages.
     """
     group = [ex.pos[int(rng.integers(len(ex.pos)))]]
     need = group_size - 1
-    positives = set(ex.pos)
-    hard = [n for n in ex.neg if n not in positives]
+    positives = {normalize_text(t) for t in ex.pos}
+    hard = [n for n in ex.neg if normalize_text(n) not in positives]
     if len(hard) >= need:
         return group + [hard[i] for i in rng.choice(len(hard), need, replace=False)]
     negs = [hard[i] for i in rng.permutation(len(hard))]
-    taken = set(negs) | set(ex.pos)
+    taken = positives | {normalize_text(t) for t in negs}
     for i in rng.permutation(len(pool)):
         if len(negs) == need:
             break
-        if pool[i] not in taken:
-            taken.add(pool[i])
+        if (key := normalize_text(pool[i])) not in taken:
+            taken.add(key)
             negs.append(pool[i])
     if len(negs) < need:
         raise ValueError(f"{ex.where}: too few passages to draw {need} negatives from")

@@ -112,7 +112,7 @@ def contrastive_loss(q: torch.Tensor, p: torch.Tensor, temperature: float, negat
     equal single-process training on the global batch.
 
     Args:
-        q, p: as in :func:`info_nce_loss`.
+        q, p: as in :func:`info_nce_loss`; under cross-device negatives every rank's must have the same shapes.
         query_pos_ids, passage_ids: :func:`text_ids` of each query's positives ``(B, P)`` (0-padded) and
             of the passages ``(B * G,)``; when given, shared positives are masked.
     """
@@ -146,18 +146,30 @@ def group_loss(logits: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target)
 
 
+def _rng_module(device: torch.device) -> object:
+    mod = getattr(torch, device.type, None)
+    if not hasattr(mod, "get_rng_state"):
+        raise ValueError(f"the cached loss replays dropout through torch.{device.type}.get_rng_state, which {device} "
+                         "lacks: train without --cached_mini_batch_size on this device")
+    return mod
+
+
 def _rng_state(device: torch.device) -> tuple:
-    """The CPU RNG state and that of ``device``'s accelerator (``torch.cuda``, ``torch.mps``, ``torch.xpu``, ...)."""
-    mod = None if device.type == "cpu" else getattr(torch, device.type)
-    acc = None if mod is None else mod.get_rng_state(device) if device.type == "cuda" else mod.get_rng_state()
+    """The CPU RNG state and that of ``device``'s accelerator (``torch.cuda``, ``torch.xpu``, ``torch.mps``, ...)."""
+    mod = None if device.type == "cpu" else _rng_module(device)
+    acc = None if mod is None else mod.get_rng_state(*_device_arg(device))
     return device, torch.get_rng_state(), acc
+
+
+def _device_arg(device: torch.device) -> list:
+    return [] if device.type == "mps" else [device]   # MPS has one device, and older torch takes no argument there
 
 
 def _set_rng_state(state: tuple) -> None:
     device, cpu, acc = state
     torch.set_rng_state(cpu)
-    if acc is not None:   # MPS and XPU: the current (only) device; older torch takes no device argument there
-        getattr(torch, device.type).set_rng_state(acc, *([device] if device.type == "cuda" else []))
+    if acc is not None:
+        _rng_module(device).set_rng_state(acc, *_device_arg(device))
 
 
 @contextlib.contextmanager
@@ -183,7 +195,9 @@ class CachedEmbeddings:
        each chunk is embedded again *with* a graph (same dropout: RNG replayed) and
        ``(emb * cached_grad * upstream).sum()`` is backpropagated into the model, one chunk at a time.
 
-    The loss value and the model's gradients equal the uncached ones (up to float round-off).
+    The loss value and the model's gradients equal the uncached ones (up to float round-off) when the model has no
+    dropout; with dropout they equal those of a forward with a graph over the same chunks in the same order (the
+    replay draws each chunk's masks again; a one-forward batch draws others, as two runs of a dropout model do).
     Under DDP every chunk but the last backpropagates in ``no_sync``, so gradients are reduced once.
     Each batch is a tokenizer output (every tensor ``(n, L)``, with an ``attention_mask``), and ``embed``
     returns ``(n, d)`` with the same ``d`` for all of them.

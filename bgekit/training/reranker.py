@@ -110,8 +110,9 @@ class RerankerTrainer(FolderTrainer):
         """The ``Trainer``'s optimizer (``--optim``, weight decay groups), the fresh head moved to groups of its own."""
         if self.optimizer is not None:
             return self.optimizer
-        # transformers < 5.7 has create_optimizer(self), later ones create_optimizer(self, model=None)
-        opt, m = super().create_optimizer(*([] if model is None else [model])), self.model
+        # older transformers (4.56 to 5.0 at least) define create_optimizer(self), newer ones (self, model=None)
+        opt = super().create_optimizer(*([] if model is None else [model]))
+        m = self.model if model is None else model
         head = {id(p) for n, p in m.named_parameters() if not n.startswith(m.base_model_prefix + ".embeddings")
                 and (n.startswith(("classifier", "score", "pooler")) or ".pooler." in n)}
         for group in list(opt.param_groups):

@@ -34,7 +34,7 @@ def oom_advice(args: Any) -> str:
 
 def is_oom(exc: BaseException) -> bool:
     """True for an out-of-memory error: CUDA/ROCm, MPS, XPU, NCCL's, and a CPU allocation failure."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)):  # torch<2.5
         return True
     msg = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
