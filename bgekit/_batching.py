@@ -108,10 +108,6 @@ def forward_sorted(forward: Callable[[dict[str, torch.Tensor]], torch.Tensor], b
     chunks = length_sorted_chunks(batch, rows, tokens)
     if not chunks:   # an empty batch
         return forward(batch)
-    if len(chunks) == 1:
-        idx, sub = chunks[0]
-        out = forward(sub)
-        return out[torch.argsort(idx).to(out.device)]
     out = torch.cat([forward(sub) for _, sub in chunks])
     order = torch.cat([idx for idx, _ in chunks])
     return out[torch.argsort(order).to(out.device)]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ __all__ = [
     "doc_text",
     "load_beir",
     "load_passages",
+    "missing_positives",
+    "normalize_text",
     "load_training_jsonl",
     "save_beir",
     "validate_training_row",
@@ -398,6 +400,38 @@ def load_training_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def normalize_text(text: str) -> str:
+    """Whitespace-normalised text, the key used to compare passages: ``" a  b\\n" -> "a b"``.
+
+    >>> normalize_text(" a  b\\n")
+    'a b'
+    """
+    return " ".join(text.split())
+
+
+def missing_positives(positives: Iterable[str], pool_keys: Container[str], what: str) -> list[str]:
+    """The positives that a pool of negatives lacks (compared by :func:`normalize_text`; first spelling, once each).
+
+    When most positives are missing, the pool is probably written another way (titles joined, other words), and a
+    pool copy of a positive cannot be told from a negative: a warning says so.
+
+    Args:
+        positives: the training rows' positive texts.
+        pool_keys: the :func:`normalize_text` keys of the pool's passages.
+        what: the pool's name in the warning (``"corpus"``, ``"candidate pool"``).
+    """
+    missing: dict[str, str] = {}
+    keys: set[str] = set()
+    for text in positives:
+        keys.add(key := normalize_text(text))
+        if key not in pool_keys:
+            missing.setdefault(key, text)
+    if len(missing) > len(keys) / 2:
+        logger.warning("%d of %d positives are not in the %s: a %s passage that differs from a positive (a title "
+                       "joined, other words) can be taken as its negative", len(missing), len(keys), what, what)
+    return list(missing.values())
+
+
 def load_passages(source: str | os.PathLike | Iterable[str], what: str = "corpus", join_title: bool = True
                   ) -> list[str]:
     """Passages to draw negatives from (the trainer's ``--corpus``, the miner's ``candidate_pool``), in order.
@@ -447,7 +481,10 @@ def load_passages(source: str | os.PathLike | Iterable[str], what: str = "corpus
             obj = doc_text(obj) if join_title else obj["text"]
         elif not isinstance(obj, str):
             raise ValueError(f"{at} must be a string or a {{'text'[, 'title']}} record, got {obj!r:.60}")
-        (texts if obj.strip() else blank).append(obj if obj.strip() else at)
+        if obj.strip():
+            texts.append(obj)
+        else:
+            blank.append(at)
     if blank:
         logger.warning("%s: %d blank passage(s) skipped (the first: %s)", where, len(blank), blank[0])
     if not texts:

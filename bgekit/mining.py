@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from ._io import atomic_write_jsonl, read_jsonl
-from .data import load_passages, validate_training_row
+from .data import load_passages, missing_positives, normalize_text, validate_training_row
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,6 @@ COURSE_RANGE = (2, 100)
 COURSE_NEGATIVE_NUMBER = 7
 COURSE_MARGIN = 0.05
 COURSE_SEED = 42
-
-
-def normalize_text(text: str) -> str:
-    """Whitespace-normalised text, the key used to compare passages: ``" a  b\\n" -> "a b"``."""
-    return " ".join(text.split())
 
 
 def parse_range(value: str | Sequence[int], name: str = "range_for_sampling") -> tuple[int, int]:
@@ -264,13 +259,9 @@ class HardNegativeMiner:
         else:
             pool_texts = load_passages(candidate_pool, "candidate_pool", join_title=False)
         self.pool, self._pool_index = _dedupe(pool_texts)
-        self._missing_positives, _ = _dedupe([p for r in self.rows for p in r["pos"]
-                                              if normalize_text(p) not in self._pool_index])
-        n_pos = len({normalize_text(p) for r in self.rows for p in r["pos"]})
-        if len(self._missing_positives) > n_pos / 2:   # a pool written another way cannot exclude the positives
-            logger.warning("%d of %d positives are not in the candidate pool: a pool text that differs from a positive "
-                           "(a title joined, other words) can be mined as its negative",
-                           len(self._missing_positives), n_pos)
+        # encoded too, for their scores (a custom candidate_pool); most of them missing gets a warning
+        self._missing_positives = missing_positives((p for r in self.rows for p in r["pos"]), self._pool_index,
+                                                    "candidate pool")
         self._model = model_name_or_path
         self._encoder: Any = None
         self.query_instruction_for_retrieval = query_instruction_for_retrieval or ""
@@ -306,7 +297,6 @@ class HardNegativeMiner:
         self.q_vecs = self.encoder.encode_queries(
             q_texts, query_instruction_for_retrieval=self.query_instruction_for_retrieval, **kw)
         self.pool_vecs = self.encoder.encode(self.pool, **kw)
-        # positives that are not in the pool (a custom candidate_pool) are encoded too, for their scores
         missing = self._missing_positives
         extra = self.encoder.encode(missing, **kw) if missing else np.zeros((0, self.pool_vecs.shape[1]), np.float32)
         self._extra_index = {normalize_text(t): i for i, t in enumerate(missing)}

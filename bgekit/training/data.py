@@ -27,8 +27,7 @@ import torch
 from transformers import TrainerCallback
 
 from .._io import read_jsonl
-from ..data import validate_training_row
-from ..mining import normalize_text
+from ..data import missing_positives, normalize_text, validate_training_row
 from .losses import text_ids
 
 logger = logging.getLogger(__name__)
@@ -88,11 +87,8 @@ def load_train_examples(train_data: str | os.PathLike, train_group_size: int = 1
         raise ValueError(f"{train_data}: no training rows")
     pool = list(corpus) if corpus else list(dict.fromkeys(t for e in examples for t in (*e.pos, *e.neg)))
     in_pool = {normalize_text(t) for t in pool}
-    positives = {normalize_text(t) for e in examples for t in e.pos}
-    if corpus and len(positives - in_pool) > len(positives) / 2:   # a corpus written another way
-        logger.warning("%d of %d positives are not in the corpus: a corpus passage that differs from a positive "
-                       "(a title joined, other words) can be drawn as its negative", len(positives - in_pool),
-                       len(positives))
+    if corpus:
+        missing_positives((t for e in examples for t in e.pos), in_pool, "corpus")
     need = train_group_size - 1
     short = [e for e in examples if len(e.neg) < need]
     if short:
@@ -113,7 +109,7 @@ def sample_group(ex: TrainExample, rng: np.random.Generator, group_size: int, po
     The positive is one of ``ex.pos``; negatives come from ``ex.neg`` (without repetition) and, when
     there are too few, from ``pool``; a negative is never one of the query's positives (the softmax would push a
     right answer down) nor a repeat, texts compared after whitespace normalisation
-    (:func:`bgekit.mining.normalize_text`). The embedder and the reranker trainers both draw their groups here.
+    (:func:`bgekit.data.normalize_text`). The embedder and the reranker trainers both draw their groups here.
 
     Raises:
         ValueError: the pool has too few other passages.
